@@ -1,0 +1,56 @@
+# calico-lite: `make demo` brings up the lab, `make test` runs the suite. Both install what
+# they need on a fresh Debian bookworm machine (as root) and are safe to run twice.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := etcd-server etcd-client frr nftables iproute2 iputils-ping iperf3 procps psmisc gcc libc6-dev make
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PIP := $(VENV)/.pip-done
+SHIM := build/calico-lite
+LAB ?= lab
+
+.PHONY: all deps build demo test unit bench lab-down clean
+
+all: build
+
+$(STAMP_APT):
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get -o DPkg::Lock::Timeout=300 update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_PIP): pyproject.toml $(STAMP_APT)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+deps: $(STAMP_APT) $(STAMP_PIP)
+
+$(SHIM): plugin/shim/calico-lite-shim.c $(STAMP_APT)
+	@mkdir -p build
+	gcc -static -O2 -Wall -Wextra -o $(SHIM) plugin/shim/calico-lite-shim.c
+
+build: deps $(SHIM)
+
+demo: build
+	$(VENV)/bin/calico-lite lab down --name $(LAB) >/dev/null
+	$(PY) -m calico_lite.demo --name $(LAB)
+
+test: build
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+unit: build
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+bench: build
+	$(PY) bench/cni.py
+
+lab-down:
+	$(VENV)/bin/calico-lite lab down --name $(LAB)
+
+clean:
+	rm -rf build $(VENV) *.egg-info

@@ -1,0 +1,475 @@
+"""Supervise one ExaBGP process per node and keep its view of BGP in memory.
+
+ExaBGP is a child of the Speaker. Its API process is `bgp/relay.py`, which only copies
+lines between ExaBGP and a unix socket the Speaker listens on in its workdir. The Speaker
+announces the node's prefixes, tracks what each peer sent, and calls `on_change()` (from
+one of its threads) whenever learned paths or peer states change; turning those into
+kernel routes is the caller's job (see bgp.routes). If ExaBGP dies it is restarted and
+everything is announced again.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .config import PeerConfig, SpeakerConfig, exabgp_env, render_config
+from .messages import (Ack, MessageError, Notification, PeerStateChange, Shutdown, Update,
+                       parse_line)
+from .model import LearnedPath, PeerState
+
+__all__ = ["Speaker", "SpeakerConfig", "PeerConfig", "PeerState", "LearnedPath", "SpeakerError"]
+
+log = logging.getLogger("bgp.speaker")
+
+SOCKET_NAME = "relay.sock"
+CONFIG_NAME = "exabgp.conf"
+PID_NAME = "exabgp.pid"
+UNIX_PATH_MAX = 107
+
+
+class SpeakerError(RuntimeError):
+    """The Speaker could not start or talk to ExaBGP."""
+
+
+class Speaker:
+    """One ExaBGP process, its relay, and the state learned from it."""
+
+    def __init__(
+        self,
+        cfg: SpeakerConfig,
+        workdir: Path,
+        on_change: Callable[[], None] | None = None,
+        *,
+        exabgp_bin: str | None = None,
+        python: str | None = None,
+        restart_delay: float = 1.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.cfg = cfg
+        self.workdir = Path(workdir).absolute()
+        self.on_change = on_change
+        self.exabgp_bin = exabgp_bin or _default_exabgp()
+        self.python = python or sys.executable
+        self.restart_delay = restart_delay
+        self.stop_timeout = stop_timeout
+        self.socket_path = self.workdir / SOCKET_NAME
+        self.config_path = self.workdir / CONFIG_NAME
+        self.restarts = 0                      # ExaBGP restarts after an unexpected exit
+        self.command_errors: deque[str] = deque(maxlen=50)  # commands ExaBGP answered `error`
+
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._spawned = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._listener: socket.socket | None = None
+        self._conn: socket.socket | None = None
+        self._relay_pid: int | None = None
+        self._pending: deque[str] = deque()     # commands awaiting done/error, in order
+        self._desired: set[str] = set()
+        self._learned: dict[str, dict[str, LearnedPath]] = {}   # peer -> prefix -> path
+        self._peers: dict[str, PeerState] = {
+            p.address: PeerState(address=p.address, peer_as=p.peer_as, since=time.time())
+            for p in cfg.peers}
+        self._threads: list[threading.Thread] = []
+        self._spawn_error: Exception | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Write the config, listen for the relay, and spawn ExaBGP (from the supervisor
+        thread, which then restarts it whenever it exits unexpectedly)."""
+        if self._threads:
+            raise SpeakerError("Speaker already started")
+        if len(str(self.socket_path)) > UNIX_PATH_MAX:
+            raise SpeakerError(f"socket path too long for AF_UNIX ({len(str(self.socket_path))} "
+                               f"> {UNIX_PATH_MAX}): {self.socket_path}")
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._kill_stale()
+        relay = [self.python, "-I", "-S", str(Path(__file__).with_name("relay.py")),
+                 str(self.socket_path)]
+        self.config_path.write_text(render_config(self.cfg, relay))
+        self.socket_path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(4)
+        listener.settimeout(0.5)
+        self._listener = listener
+        self._stopping.clear()
+        for target, name in ((self._accept_loop, "accept"), (self._supervise, "supervise")):
+            t = threading.Thread(target=target, name=f"bgp-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if not self._spawned.wait(timeout):
+            self.stop()
+            raise SpeakerError(f"ExaBGP did not start within {timeout}s: {self._spawn_error}")
+        log.info("bgp speaker started pid=%s workdir=%s peers=%s", self.exabgp_pid,
+                 self.workdir, [p.address for p in self.cfg.peers])
+
+    def stop(self) -> None:
+        """Stop ExaBGP (SIGTERM: peers get a Cease and withdraw at once; SIGKILL after
+        stop_timeout), its relay, and the socket. Learned state is dropped."""
+        self._stopping.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            _terminate(proc, self.stop_timeout)
+        for t in self._threads:
+            t.join(timeout=self.stop_timeout + 2)
+        self._threads = []
+        with self._lock:
+            relay_pid, self._relay_pid = self._relay_pid, None
+            self._drop_connection()
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            self._proc = None
+            self._spawned.clear()
+            changed = self._reset_bgp_state("speaker stopped")
+        if relay_pid is not None and _is_relay(relay_pid, self.socket_path):
+            _kill_wait(relay_pid, self.stop_timeout)
+        self.socket_path.unlink(missing_ok=True)
+        (self.workdir / PID_NAME).unlink(missing_ok=True)
+        log.info("bgp speaker stopped workdir=%s", self.workdir)
+        if changed:
+            self._notify()
+
+    @property
+    def exabgp_pid(self) -> int | None:
+        with self._lock:
+            return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def relay_pid(self) -> int | None:
+        with self._lock:
+            return self._relay_pid
+
+    # -- the API the agent uses ------------------------------------------------
+    def announce(self, prefixes: Iterable[str]) -> None:
+        """Make the set of our own announced prefixes equal `prefixes` (diffed, idempotent)."""
+        desired = {str(ipaddress.IPv4Network(p)) for p in prefixes}
+        with self._lock:
+            added, removed = desired - self._desired, self._desired - desired
+            self._desired = desired
+            for p in sorted(removed):
+                self._send(f"withdraw route {p} next-hop self")
+            for p in sorted(added):
+                self._send(f"announce route {p} next-hop self")
+            changed = bool(added or removed) and any(
+                s.state == "Established" for s in self._peers.values())
+        if added or removed:
+            log.info("bgp announce added=%s withdrawn=%s", sorted(added), sorted(removed))
+        if changed:
+            self._notify()
+
+    def announced(self) -> set[str]:
+        with self._lock:
+            return set(self._desired)
+
+    def learned(self) -> dict[str, set[LearnedPath]]:
+        """prefix -> every path currently learned for it, from any peer."""
+        out: dict[str, set[LearnedPath]] = {}
+        with self._lock:
+            for paths in self._learned.values():
+                for prefix, path in paths.items():
+                    out.setdefault(prefix, set()).add(path)
+        return out
+
+    def peers(self) -> list[PeerState]:
+        with self._lock:
+            out = []
+            for p in self.cfg.peers:
+                s = self._peers[p.address]
+                established = s.state == "Established"
+                out.append(PeerState(address=s.address, peer_as=s.peer_as, state=s.state,
+                                     since=s.since, received=len(self._learned.get(p.address, {})),
+                                     sent=len(self._desired) if established else 0,
+                                     reason=s.reason))
+            return out
+
+    # -- ExaBGP supervision ----------------------------------------------------
+    def _supervise(self) -> None:
+        delay = self.restart_delay
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                proc = self._spawn()
+            except OSError as e:
+                self._spawn_error = e
+                log.error("bgp cannot start exabgp %s: %s", self.exabgp_bin, e)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._spawned.set()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            log.warning("bgp exabgp pid=%s exited code=%s; restarting (restart #%d)",
+                        proc.pid, code, self.restarts)
+            with self._lock:
+                self._drop_connection()
+                changed = self._reset_bgp_state(f"exabgp exited with code {code}")
+            if changed:
+                self._notify()
+            if time.monotonic() - started > 60:
+                delay = self.restart_delay
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _spawn(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.update(exabgp_env(self.cfg, self.workdir))
+        with open(self.workdir / "exabgp.out", "ab") as out, self._lock:
+            if self._stopping.is_set():
+                raise OSError("speaker is stopping")
+            proc = subprocess.Popen([self.exabgp_bin, "server", str(self.config_path)],
+                                    cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = proc
+        (self.workdir / PID_NAME).write_text(f"{proc.pid}\n")
+        log.info("bgp exabgp spawned pid=%s", proc.pid)
+        return proc
+
+    def _kill_stale(self) -> None:
+        """Kill an ExaBGP left by an earlier Speaker on this workdir (recorded PID whose
+        command line names our config), so two never fight over the same peers."""
+        try:
+            pid = int((self.workdir / PID_NAME).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if str(self.config_path) in _cmdline(pid):
+            log.warning("bgp killing stale exabgp pid=%s", pid)
+            _kill_wait(pid, self.stop_timeout)
+
+    # -- relay connection ------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            listener = self._listener
+            if listener is None:
+                return
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            pid = _peer_pid(conn)
+            with self._lock:
+                exabgp = self._proc.pid if self._proc is not None else None
+                if exabgp is None or _ppid(pid) != exabgp:
+                    log.warning("bgp rejecting relay pid=%s (parent %s, exabgp %s)",
+                                pid, _ppid(pid), exabgp)
+                    conn.close()
+                    continue
+                self._drop_connection()
+                self._conn, self._relay_pid = conn, pid
+                for p in sorted(self._desired):      # ExaBGP may be new: tell it everything
+                    self._send(f"announce route {p} next-hop self")
+            log.info("bgp relay connected pid=%s", pid)
+            t = threading.Thread(target=self._read_loop, args=(conn,), name="bgp-read", daemon=True)
+            t.start()
+
+    def _read_loop(self, conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            changed = False
+            with self._lock:
+                if conn is not self._conn:
+                    return
+                for raw in lines:
+                    if raw.strip():
+                        changed |= self._handle(raw.decode("utf-8", "replace"))
+            if changed:
+                self._notify()
+        with self._lock:
+            if conn is self._conn:
+                log.warning("bgp relay disconnected")
+                self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._conn = None
+        self._pending.clear()
+
+    def _send(self, command: str) -> None:
+        """Send one command if the relay is connected (else the sync on connect covers it)."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.sendall(command.encode() + b"\n")
+            self._pending.append(command)
+        except OSError as e:
+            log.warning("bgp cannot send %r to relay: %s", command, e)
+            self._drop_connection()
+
+    # -- state -----------------------------------------------------------------
+    def _handle(self, line: str) -> bool:
+        """Apply one ExaBGP line to our state (lock held); True if learned/peers changed."""
+        try:
+            event = parse_line(line)
+        except MessageError as e:
+            log.warning("bgp %s", e)
+            return False
+        if isinstance(event, Ack):
+            command = self._pending.popleft() if self._pending else "?"
+            if not event.ok:
+                log.warning("bgp exabgp rejected command %r", command)
+                self.command_errors.append(command)
+            return False
+        if isinstance(event, PeerStateChange):
+            return self._peer_state(event)
+        if isinstance(event, Update):
+            return self._update(event)
+        if isinstance(event, Notification):
+            log.warning("bgp notification from %s code=%s subcode=%s %s", event.peer,
+                        event.code, event.subcode, event.message)
+            s = self._peers.get(event.peer)
+            if s is not None:
+                self._peers[event.peer] = _replace(s, reason=f"notification {event.code}/"
+                                                   f"{event.subcode} {event.message}".strip())
+            return False
+        if isinstance(event, Shutdown):
+            return self._reset_bgp_state("exabgp shutting down")
+        return False
+
+    def _peer_state(self, ev: PeerStateChange) -> bool:
+        s = self._peers.get(ev.peer)
+        if s is None:
+            return False
+        state = {"up": "Established", "connected": "Connect"}.get(ev.state, "Idle")
+        log.info("bgp peer %s state=%s %s", ev.peer, state, ev.reason)
+        changed = s.state != state
+        if changed:
+            self._peers[ev.peer] = _replace(s, state=state, since=time.time(),
+                                            reason=ev.reason if state == "Idle" else s.reason)
+        if state == "Established":
+            for p in sorted(self._desired):
+                self._send(f"neighbor {ev.peer} announce route {p} next-hop self")
+        elif self._learned.pop(ev.peer, None):
+            changed = True
+        return changed
+
+    def _update(self, ev: Update) -> bool:
+        if ev.peer not in self._peers:
+            return False
+        paths = self._learned.setdefault(ev.peer, {})
+        changed = False
+        for prefix in ev.withdrawn:
+            changed |= paths.pop(prefix, None) is not None
+        for prefix, path in ev.announced:
+            if paths.get(prefix) != path:
+                paths[prefix] = path
+                changed = True
+        return changed
+
+    def _reset_bgp_state(self, reason: str) -> bool:
+        changed = any(self._learned.values())
+        self._learned.clear()
+        now = time.time()
+        for addr, s in self._peers.items():
+            if s.state != "Idle":
+                self._peers[addr] = _replace(s, state="Idle", since=now, reason=reason)
+                changed = True
+        return changed
+
+    def _notify(self) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change()
+        except Exception:  # the callback is the agent's; never let it kill our threads
+            log.exception("bgp on_change callback failed")
+
+
+def _replace(s: PeerState, **kw) -> PeerState:
+    from dataclasses import replace
+    return replace(s, **kw)
+
+
+def _default_exabgp() -> str:
+    candidate = Path(sys.executable).parent / "exabgp"
+    return str(candidate) if candidate.exists() else "exabgp"
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_relay(pid: int, socket_path: Path) -> bool:
+    cmd = _cmdline(pid)
+    return "relay.py" in cmd and str(socket_path) in cmd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_wait(pid: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if still there after timeout (for processes not our child)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not _alive(pid):
+            return
+
+
+def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,164 @@
+"""The node agent (`calico-lite node run`): one per node, the only writer of its kernel state.
+
+It hosts three controllers side by side, each with its own loop, sharing only the datastore
+cache: the CNI server (pod wiring and IPAM), the routing controller (ExaBGP and kernel routes)
+and the policy controller (nftables).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pyroute2 import IPRoute
+
+from calico_lite import keys
+from calico_lite.blocks import Pool
+from calico_lite.cache import Cache
+from calico_lite.cni_backend import ENCAP_OVERHEAD, DatastoreBackend
+from calico_lite.datastore import Datastore, DatastoreUnavailable
+from calico_lite.ipam import ensure_pool
+from calico_lite.routing import BgpSettings, RoutingController
+from plugin import cni
+from plugin.link import write_sysctl
+from plugin.server import CniServer
+from plugin.spec import Request
+
+log = logging.getLogger("calico-lite.agent")
+NETLINK_POOL = 4
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    etcd_endpoints: list[str]
+    cni_socket: Path
+    run_dir: Path
+    address: str
+    subnet: str
+    bgp: BgpSettings
+    rack: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class NetlinkPool:
+    """A few warm netlink sockets in the node namespace; one per concurrent CNI call."""
+
+    def __init__(self, size: int):
+        self._q: queue.Queue[IPRoute] = queue.Queue()
+        for _ in range(size):
+            self._q.put(IPRoute())
+
+    @contextmanager
+    def take(self) -> Iterator[IPRoute]:
+        ipr = self._q.get()
+        try:
+            yield ipr
+        finally:
+            self._q.put(ipr)
+
+    def close(self) -> None:
+        while not self._q.empty():
+            self._q.get().close()
+
+
+def pool_overhead(pools: dict[str, dict]) -> int:
+    """Largest encapsulation overhead any enabled pool may apply (pure)."""
+    worst = 0
+    for d in pools.values():
+        p = Pool.from_dict(d)
+        if not p.disabled and p.encap_mode != "Never":
+            worst = max(worst, ENCAP_OVERHEAD[p.encapsulation])
+    return worst
+
+
+def wait_for_datastore(ds: Datastore, stop: threading.Event) -> None:
+    delay = 0.1
+    while not stop.is_set():
+        if ds.healthy():
+            return
+        log.info(json.dumps({"event": "datastore-wait", "etcd": ds.describe}))
+        stop.wait(delay)
+        delay = min(delay * 2, 2.0)
+
+
+class NodeAgent:
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.ds = Datastore(cfg.etcd_endpoints)
+        self.cache = Cache(self.ds)
+        self.backend = DatastoreBackend(
+            self.ds, cfg.node, overhead=lambda: pool_overhead(self.cache.items(keys.POOLS)))
+        self.routing = RoutingController(
+            self.cache, cfg.node, cfg.bgp, cfg.run_dir / "bgp",
+            publish=lambda status: self.ds.put(keys.status(cfg.node), status))
+        self.netlink: NetlinkPool | None = None
+        self.server: CniServer | None = None
+        self.threads: list[threading.Thread] = []
+
+    def register(self) -> None:
+        self.ds.put(keys.node(self.cfg.node), {
+            "name": self.cfg.node, "address": self.cfg.address, "subnet": self.cfg.subnet,
+            "asn": self.cfg.bgp.local_as, "rack": self.cfg.rack, "labels": self.cfg.labels,
+            "routerId": self.cfg.bgp.router_id, "started": time.time()})
+
+    def handle_cni(self, req: Request) -> dict | None:
+        assert self.netlink
+        with self.netlink.take() as ipr:
+            return cni.run(req, cni.Context(self.backend, ipr))
+
+    def start(self) -> None:
+        wait_for_datastore(self.ds, self.stop_event)
+        if self.stop_event.is_set():
+            return
+        self.register()
+        ensure_pool(self.ds)
+        self.cache.start()
+        self.cache.synced.wait(10)
+        write_sysctl("net/ipv4/ip_forward", "1")
+        self.netlink = NetlinkPool(NETLINK_POOL)
+        self.server = CniServer(self.cfg.cni_socket, self.handle_cni)
+        self.server.start()
+        self._spawn("routing", self.routing.run)
+        log.info(json.dumps({"event": "agent-ready", "node": self.cfg.node,
+                             "socket": str(self.cfg.cni_socket), "pid": os.getpid()}))
+
+    def _spawn(self, name: str, loop) -> None:
+        def guarded() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    loop(self.stop_event)
+                except DatastoreUnavailable as e:
+                    log.warning("%s: datastore unavailable, retrying: %s", name, e)
+                except Exception:
+                    log.exception("%s loop failed; restarting it", name)
+                self.stop_event.wait(1)
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.server:
+            self.server.stop()
+        for t in self.threads:
+            t.join(timeout=10)
+        self.cache.stop()
+        if self.netlink:
+            self.netlink.close()
+
+    def run_forever(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        self.start()
+        self.stop_event.wait()
+        self.stop()

@@ -1,0 +1,74 @@
+"""The plugin verbs' Backend, made of IPAM and the workload registry in etcd.
+
+This is where datastore failures become CNI errors: etcd unreachable -> code 11 (try again
+later), pools exhausted -> code 100, so the runtime gets an answer a person can act on.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from calico_lite import keys
+from calico_lite.blocks import IpamError
+from calico_lite.datastore import Datastore, DatastoreUnavailable
+from calico_lite.ipam import Ipam, PoolExhausted
+from plugin.cni import Workload
+from plugin.errors import CniError, IO_FAILURE, NO_ADDRESS, TRY_AGAIN_LATER
+
+ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
+
+
+@contextmanager
+def datastore_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except DatastoreUnavailable as e:
+        raise CniError(TRY_AGAIN_LATER, f"{what}: datastore unavailable: {e}",
+                       "check that etcd is up and reachable from this node") from None
+    except PoolExhausted as e:
+        raise CniError(NO_ADDRESS, f"{what}: {e}", "add a pool with `calico-lite pool add`") from None
+    except IpamError as e:
+        raise CniError(IO_FAILURE, f"{what}: {e}") from None
+
+
+class DatastoreBackend:
+    def __init__(self, ds: Datastore, node: str, overhead: Callable[[], int] = lambda: 0):
+        self.ds = ds
+        self.node = node
+        self.ipam = Ipam(ds, node)
+        self._overhead = overhead
+
+    def assign(self, handle: str, attrs: dict) -> str:
+        with datastore_errors(f"assigning an address to {handle}"):
+            return self.ipam.assign(handle, attrs).ip
+
+    def release(self, handle: str) -> str | None:
+        with datastore_errors(f"releasing the address of {handle}"):
+            a = self.ipam.release(handle)
+            return a.ip if a else None
+
+    def holds(self, handle: str) -> str | None:
+        with datastore_errors(f"looking up {handle}"):
+            a = self.ipam.get(handle)
+            return a.ip if a else None
+
+    def handles(self) -> list[str]:
+        with datastore_errors("listing this node's handles"):
+            return [e.key[len(keys.HANDLES):] for e in self.ds.list(keys.HANDLES)
+                    if e.value.get("node") == self.node]
+
+    def record_workload(self, w: Workload) -> None:
+        with datastore_errors(f"recording workload {w.handle}"):
+            self.ds.put(keys.workload(self.node, w.handle), w.to_dict())
+
+    def forget_workload(self, handle: str) -> None:
+        with datastore_errors(f"removing workload {handle}"):
+            self.ds.delete(keys.workload(self.node, handle))
+
+    def not_ready_reason(self) -> str | None:
+        if not self.ds.healthy():
+            return f"datastore {self.ds.describe} is not reachable"
+        return None
+
+    def encap_overhead(self) -> int:
+        return self._overhead()

@@ -1,0 +1,169 @@
+"""A thin JSON-over-etcd layer: values are JSON documents, writes that race use CAS.
+
+Everything that talks to etcd goes through `Datastore`, so connection errors surface as one
+exception type (`DatastoreUnavailable`) that the CNI edge turns into code 11 ("try again").
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+from urllib.parse import urlparse
+
+import grpc
+import pyetcd
+import pyetcd.events
+
+from calico_lite import keys
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class DatastoreUnavailable(Exception):
+    """etcd cannot be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: Any
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One watched change; value None means the key was deleted."""
+    key: str
+    value: Any
+    mod_revision: int
+
+
+class Op:
+    """Transaction building blocks, independent of the client library."""
+
+    @staticmethod
+    def put(key: str, value: Any) -> tuple:
+        return ("put", key, value)
+
+    @staticmethod
+    def delete(key: str) -> tuple:
+        return ("delete", key)
+
+    @staticmethod
+    def unchanged(key: str, mod_revision: int) -> tuple:
+        """Compare: key still at mod_revision (0 means: key must not exist)."""
+        return ("mod", key, mod_revision)
+
+    @staticmethod
+    def absent(key: str) -> tuple:
+        return ("create", key, 0)
+
+
+def _parse_endpoint(endpoint: str) -> tuple[str, int]:
+    url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if not url.hostname:
+        raise ValueError(f"etcd endpoint {endpoint!r} has no host")
+    return url.hostname, url.port or 2379
+
+
+class Datastore:
+    def __init__(self, endpoints: Iterable[str], timeout: float = DEFAULT_TIMEOUT):
+        self.endpoints = list(endpoints)
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint given")
+        host, port = _parse_endpoint(self.endpoints[0])
+        self.describe = f"etcd at {self.endpoints[0]}"
+        self._client = pyetcd.client(host=host, port=port, timeout=timeout)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, fn: Callable, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except (pyetcd.Etcd3Exception, grpc.RpcError) as e:
+            raise DatastoreUnavailable(f"{self.describe}: {type(e).__name__}: {e}") from None
+
+    def healthy(self) -> bool:
+        try:
+            self._call(self._client.status)
+            return True
+        except DatastoreUnavailable:
+            return False
+
+    def get(self, key: str) -> Entry | None:
+        value, meta = self._call(self._client.get, key)
+        if value is None:
+            return None
+        return Entry(key, json.loads(value), meta.mod_revision)
+
+    def list(self, prefix: str) -> list[Entry]:
+        rows = self._call(lambda: list(self._client.get_prefix(prefix)))
+        return [Entry(m.key.decode(), json.loads(v), m.mod_revision) for v, m in rows]
+
+    def put(self, key: str, value: Any) -> None:
+        self._call(self._client.put, key, json.dumps(value, sort_keys=True))
+
+    def create(self, key: str, value: Any) -> bool:
+        """Put only if absent; True if this call created it."""
+        return self.txn([Op.absent(key)], [Op.put(key, value)])
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(self._client.delete, key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._call(self._client.delete_prefix, prefix)
+
+    def txn(self, compare: list[tuple], success: list[tuple]) -> bool:
+        t = self._client.transactions
+        cmp = []
+        for kind, key, rev in compare:
+            cmp.append((t.mod(key) if kind == "mod" else t.create(key)) == rev)
+        ops = []
+        for op in success:
+            if op[0] == "put":
+                ops.append(t.put(op[1], json.dumps(op[2], sort_keys=True)))
+            else:
+                ops.append(t.delete(op[1]))
+        ok, _ = self._call(self._client.transaction, compare=cmp, success=ops, failure=[])
+        return bool(ok)
+
+    def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
+        """Entries under prefix and the store revision they were read at."""
+        resp = self._call(self._client.get_prefix_response, prefix)
+        entries = [Entry(kv.key.decode(), json.loads(kv.value), kv.mod_revision) for kv in resp.kvs]
+        return entries, resp.header.revision
+
+    def watch(self, prefix: str, on_events: Callable[[list[Change] | None], None],
+              start_revision: int) -> int:
+        """Call on_events(changes) for each batch after start_revision; None means the watch
+        broke (the caller resyncs). Returns a watch id."""
+        def callback(resp) -> None:
+            if isinstance(resp, Exception):
+                on_events(None)
+                return
+            changes = []
+            for ev in resp.events:
+                key = ev.key.decode()
+                if isinstance(ev, pyetcd.events.DeleteEvent):
+                    changes.append(Change(key, None, ev.mod_revision))
+                else:
+                    changes.append(Change(key, json.loads(ev.value), ev.mod_revision))
+            on_events(changes)
+        return self._call(self._client.add_watch_prefix_callback, prefix, callback,
+                          start_revision=start_revision)
+
+    def cancel_watch(self, watch_id: int) -> None:
+        try:
+            self._client.cancel_watch(watch_id)
+        except Exception:  # the channel may already be gone at shutdown
+            pass
+
+
+def connect(endpoints: Iterable[str]) -> Datastore:
+    return Datastore(endpoints)
+
+
+__all__ = ["Datastore", "DatastoreUnavailable", "Entry", "Op", "connect", "keys"]

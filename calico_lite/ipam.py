@@ -1,0 +1,171 @@
+"""Cluster-wide IPAM in etcd: where pod addresses are assigned and released.
+
+A node claims whole blocks (affinity) by creating the block key with a CAS transaction; an
+address is assigned by a CAS on the block's key that also creates the handle
+(containerID/ifname), so two writers never hand out one address and every assignment can be
+found again by DEL or GC. When no block can be claimed, an address is borrowed from another
+node's block (the borrower announces it as a /32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from calico_lite import keys
+from calico_lite.blocks import Block, IpamError, Pool
+from calico_lite.datastore import Datastore, Op
+
+DEFAULT_POOL = Pool(name="default-ipv4-ippool", cidr="10.244.0.0/16")
+MAX_CAS_RETRIES = 50
+
+
+class PoolExhausted(IpamError):
+    """No free address in any enabled pool."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    handle: str
+    ip: str
+    block: str
+    node: str
+    borrowed: bool = False
+
+    def to_dict(self) -> dict:
+        return {"handle": self.handle, "ip": self.ip, "block": self.block,
+                "node": self.node, "borrowed": self.borrowed}
+
+
+def list_pools(ds: Datastore) -> list[Pool]:
+    return [Pool.from_dict(e.value) for e in ds.list(keys.POOLS)]
+
+
+def ensure_pool(ds: Datastore, pool: Pool = DEFAULT_POOL) -> bool:
+    """Create the pool unless one exists with that name; True if created."""
+    return ds.create(keys.pool(pool.name), pool.to_dict())
+
+
+class Ipam:
+    """IPAM as seen from one node: assigns from the node's blocks, claims or borrows more."""
+
+    def __init__(self, ds: Datastore, node: str, strict_affinity: bool = False):
+        self.ds = ds
+        self.node = node
+        self.strict_affinity = strict_affinity
+
+    # --- queries -------------------------------------------------------------------------
+    def get(self, handle: str) -> Assignment | None:
+        e = self.ds.get(keys.handle(handle))
+        if e is None:
+            return None
+        v = e.value
+        return Assignment(handle, v["ip"], v["block"], v["node"], v.get("borrowed", False))
+
+    def affine_blocks(self) -> list[str]:
+        return sorted(keys.block_cidr(e.key) for e in self.ds.list(keys.affinities(self.node)))
+
+    # --- assign --------------------------------------------------------------------------
+    def assign(self, handle: str, attrs: dict | None = None) -> Assignment:
+        """Assign one address to handle; idempotent (an existing handle returns its address)."""
+        existing = self.get(handle)
+        if existing:
+            return existing
+        for cidr in self.affine_blocks():
+            got = self._assign_in_block(cidr, handle, attrs or {}, borrowed=False)
+            if got:
+                return got
+        while True:
+            cidr = self._claim_block()
+            if cidr is None:
+                break
+            got = self._assign_in_block(cidr, handle, attrs or {}, borrowed=False)
+            if got:
+                return got
+        if not self.strict_affinity:
+            for e in self.ds.list(keys.BLOCKS):
+                got = self._assign_in_block(e.value["cidr"], handle, attrs or {}, borrowed=True)
+                if got:
+                    return got
+        enabled = [p.cidr for p in list_pools(self.ds) if not p.disabled]
+        raise PoolExhausted(f"no free address for node {self.node} in pools "
+                            f"{', '.join(enabled) or '(none enabled)'}")
+
+    def _assign_in_block(self, cidr: str, handle: str, attrs: dict, borrowed: bool) -> Assignment | None:
+        key = keys.block(cidr)
+        for _ in range(MAX_CAS_RETRIES):
+            e = self.ds.get(key)
+            if e is None:
+                return None
+            block = Block.from_dict(e.value)
+            if borrowed and block.affinity == self.node:
+                return None
+            offset = block.free_offset()
+            if offset is None:
+                return None
+            block.allocations[offset] = handle
+            a = Assignment(handle, block.address(offset), cidr, self.node, borrowed)
+            if self.ds.txn([Op.unchanged(key, e.mod_revision), Op.absent(keys.handle(handle))],
+                           [Op.put(key, block.to_dict()),
+                            Op.put(keys.handle(handle), {**a.to_dict(), **attrs})]):
+                return a
+            if self.get(handle):  # a concurrent retry of the same ADD won
+                return self.get(handle)
+        raise IpamError(f"block {cidr}: too much contention ({MAX_CAS_RETRIES} CAS retries)")
+
+    def _claim_block(self) -> str | None:
+        """Claim the first unclaimed block of any enabled pool; None when all are taken."""
+        taken = {keys.block_cidr(e.key) for e in self.ds.list(keys.BLOCKS)}
+        for pool in list_pools(self.ds):
+            if pool.disabled:
+                continue
+            for cidr in pool.block_cidrs():
+                if cidr in taken:
+                    continue
+                block = Block(cidr=cidr, affinity=self.node, pool=pool.name)
+                if self.ds.txn([Op.absent(keys.block(cidr))],
+                               [Op.put(keys.block(cidr), block.to_dict()),
+                                Op.put(keys.affinity(self.node, cidr), {"node": self.node})]):
+                    return cidr
+                taken.add(cidr)  # another node won this one; try the next
+        return None
+
+    # --- release -------------------------------------------------------------------------
+    def release(self, handle: str) -> Assignment | None:
+        """Release the handle's address; None if there was nothing to release (idempotent)."""
+        for _ in range(MAX_CAS_RETRIES):
+            h = self.ds.get(keys.handle(handle))
+            if h is None:
+                return None
+            a = Assignment(handle, h.value["ip"], h.value["block"], h.value["node"],
+                           h.value.get("borrowed", False))
+            bkey = keys.block(a.block)
+            b = self.ds.get(bkey)
+            ops = [Op.delete(keys.handle(handle))]
+            cmp = [Op.unchanged(keys.handle(handle), h.mod_revision)]
+            if b is not None:
+                block = Block.from_dict(b.value)
+                off = block.offset(a.ip)
+                if block.allocations.get(off) == handle:
+                    del block.allocations[off]
+                    ops.append(Op.put(bkey, block.to_dict()))
+                    cmp.append(Op.unchanged(bkey, b.mod_revision))
+            if self.ds.txn(cmp, ops):
+                return a
+        raise IpamError(f"handle {handle}: too much contention releasing {MAX_CAS_RETRIES} times")
+
+    def release_ip(self, ip: str) -> Assignment | None:
+        """Release whatever handle holds ip (the `ipam release` command)."""
+        for e in self.ds.list(keys.BLOCKS):
+            block = Block.from_dict(e.value)
+            try:
+                handle = block.allocations.get(block.offset(ip))
+            except IpamError:
+                continue
+            if handle is None:
+                return None
+            released = self.release(handle)
+            if released is None:  # allocation without a handle record: drop it directly
+                del block.allocations[block.offset(ip)]
+                self.ds.txn([Op.unchanged(e.key, e.mod_revision)], [Op.put(e.key, block.to_dict())])
+                return Assignment(handle, ip, block.cidr, block.affinity or "")
+            return released
+        return None

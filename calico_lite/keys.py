@@ -1,0 +1,71 @@
+"""The etcd key layout, in one place so every reader and writer agrees on it."""
+from __future__ import annotations
+
+ROOT = "/calico-lite/"
+
+POOLS = ROOT + "ipam/pools/"
+BLOCKS = ROOT + "ipam/blocks/"
+AFFINITIES = ROOT + "ipam/affinities/"
+HANDLES = ROOT + "ipam/handles/"
+NODES = ROOT + "nodes/"
+WORKLOADS = ROOT + "workloads/"
+K8S_NAMESPACES = ROOT + "k8s/namespaces/"
+K8S_PODS = ROOT + "k8s/pods/"
+K8S_POLICIES = ROOT + "k8s/networkpolicies/"
+
+
+def block_id(cidr: str) -> str:
+    """'10.244.1.0/26' -> '10.244.1.0-26' (a key segment without a slash)."""
+    return cidr.replace("/", "-")
+
+
+def block_cidr(block_key_or_id: str) -> str:
+    return block_key_or_id.rsplit("/", 1)[-1].replace("-", "/")
+
+
+def pool(name: str) -> str:
+    return POOLS + name
+
+
+def block(cidr: str) -> str:
+    return BLOCKS + block_id(cidr)
+
+
+def affinity(node: str, cidr: str) -> str:
+    return f"{AFFINITIES}{node}/{block_id(cidr)}"
+
+
+def affinities(node: str) -> str:
+    return f"{AFFINITIES}{node}/"
+
+
+def handle(handle_id: str) -> str:
+    return HANDLES + handle_id
+
+
+def node(name: str) -> str:
+    return NODES + name
+
+
+def workload(node_name: str, handle_id: str) -> str:
+    return f"{WORKLOADS}{node_name}/{handle_id}"
+
+
+def k8s_namespace(name: str) -> str:
+    return K8S_NAMESPACES + name
+
+
+def k8s_pod(namespace: str, name: str) -> str:
+    return f"{K8S_PODS}{namespace}/{name}"
+
+
+def k8s_policy(namespace: str, name: str) -> str:
+    return f"{K8S_POLICIES}{namespace}/{name}"
+
+
+STATUS = ROOT + "status/"
+
+
+def status(node_name: str) -> str:
+    """What a node's agent reports about itself (BGP peers, routes), like CalicoNodeStatus."""
+    return STATUS + node_name

@@ -1,0 +1,218 @@
+"""FRR (zebra + bgpd) as a top-of-rack or spine router inside a network namespace.
+
+The lab and the BGP tests need a real BGP router to peer with. FRR runs here without
+systemd: each daemon is started with `ip netns exec NS`, with every file (config, PID,
+zserv socket, vty sockets, logs) under one run directory owned by frr:frr, so several
+routers coexist on one machine and `stop()` can kill exactly what it started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+FRR_LIB = Path("/usr/lib/frr")
+DAEMONS = ("zebra", "bgpd")
+
+AsnSpec = int | str  # a number, or 'external' / 'internal' for FRR's remote-as keywords
+
+
+class FrrError(RuntimeError):
+    """An FRR daemon failed to start or a vtysh command failed."""
+
+
+def render_frr_config(
+    hostname: str,
+    asn: int,
+    router_id: str,
+    neighbors: Sequence[tuple[str, AsnSpec]] = (),
+    listen_ranges: Sequence[tuple[str, AsnSpec]] = (),
+    redistribute_connected: bool = False,
+    *,
+    maximum_paths: int = 8,
+    multipath_relax: bool = True,
+    networks: Sequence[str] = (),
+    ip_forwarding: bool = True,
+    hold_time: int | None = None,
+    keepalive: int | None = None,
+    log_file: str | None = None,
+    peer_group: str = "NODES",
+    extra: str = "",
+) -> str:
+    """Render an frr.conf for one eBGP/iBGP router.
+
+    `ip forwarding` is zebra's (it sets the netns sysctl; bgpd logs it as unknown).
+    Dynamic neighbours: FRR silently drops `bgp listen range … peer-group G` unless the
+    peer group and its remote-as were declared first, so they are written before it. Each
+    listen range gets its own peer group (G, G2, G3 …) so ranges may carry different ASNs.
+    """
+    lines = [f"hostname {hostname}"]
+    if log_file:
+        lines.append(f"log file {log_file}")
+    if ip_forwarding:
+        lines.append("ip forwarding")
+    lines += [
+        "!",
+        f"router bgp {asn}",
+        f" bgp router-id {router_id}",
+        " no bgp ebgp-requires-policy",
+        " no bgp network import-check",
+        " bgp bestpath compare-routerid",
+    ]
+    if multipath_relax:
+        lines.append(" bgp bestpath as-path multipath-relax")
+    timers = hold_time is not None
+    if timers:
+        ka = keepalive if keepalive is not None else max(1, hold_time // 3)
+        lines.append(f" timers bgp {ka} {hold_time}")
+    groups: list[tuple[str, str, AsnSpec]] = []
+    for i, (cidr, remote) in enumerate(listen_ranges):
+        groups.append((peer_group if i == 0 else f"{peer_group}{i + 1}", cidr, remote))
+    for name, _cidr, remote in groups:
+        lines.append(f" neighbor {name} peer-group")
+        lines.append(f" neighbor {name} remote-as {remote}")
+    for name, cidr, _remote in groups:
+        lines.append(f" bgp listen range {cidr} peer-group {name}")
+    for address, remote in neighbors:
+        lines.append(f" neighbor {address} remote-as {remote}")
+    lines.append(" !")
+    lines.append(" address-family ipv4 unicast")
+    for cidr in networks:
+        lines.append(f"  network {cidr}")
+    if redistribute_connected:
+        lines.append("  redistribute connected")
+    if maximum_paths > 1:
+        lines.append(f"  maximum-paths {maximum_paths}")
+        lines.append(f"  maximum-paths ibgp {maximum_paths}")
+    for name, _cidr, remote in groups:
+        lines.append(f"  neighbor {name} activate")
+        if remote == "internal" or remote == asn:
+            lines.append(f"  neighbor {name} route-reflector-client")
+    for address, _remote in neighbors:
+        lines.append(f"  neighbor {address} activate")
+    lines += [" exit-address-family", "exit", "!"]
+    if extra:
+        lines += [extra.rstrip("\n"), "!"]
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FrrRouter:
+    """zebra + bgpd in `netns`, all state under `rundir`."""
+
+    netns: str
+    rundir: Path
+    config_text: str
+    start_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        self.rundir = Path(self.rundir)
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Write the config, start zebra then bgpd (daemonised), wait until vtysh answers."""
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        for d in DAEMONS:
+            (self.rundir / f"{d}.conf").write_text(self.config_text)
+        shutil.chown(self.rundir, "frr", "frr")
+        for p in self.rundir.iterdir():
+            shutil.chown(p, "frr", "frr")
+        subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
+                       check=True, capture_output=True)
+        for d in DAEMONS:
+            self._start_daemon(d)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                self.vtysh("show bgp summary json")
+                return
+            except FrrError as e:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise FrrError(f"FRR in {self.netns} did not answer vtysh: {e}") from e
+                time.sleep(0.1)
+
+    def _start_daemon(self, daemon: str) -> None:
+        d = self.rundir
+        cmd = ["ip", "netns", "exec", self.netns, str(FRR_LIB / daemon), "-d",
+               "-f", str(d / f"{daemon}.conf"), "-i", str(d / f"{daemon}.pid"),
+               "-z", str(d / "zserv.api"), "--vty_socket", str(d), "-A", "127.0.0.1"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            self.stop()
+            raise FrrError(f"{daemon} in {self.netns} exited {out.returncode}: {out.stderr.strip()}")
+        deadline = time.monotonic() + self.start_timeout
+        while self._pid(daemon) is None:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise FrrError(f"{daemon} in {self.netns} wrote no PID file in {d}")
+            time.sleep(0.05)
+
+    def _pid(self, daemon: str) -> int | None:
+        try:
+            pid = int((self.rundir / f"{daemon}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) else None
+
+    def pids(self) -> dict[str, int]:
+        """PIDs of the running daemons (for the lab's state file)."""
+        return {d: p for d in DAEMONS if (p := self._pid(d)) is not None}
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM each daemon by PID, SIGKILL what is left after `timeout`."""
+        pids = [p for d in reversed(DAEMONS) if (p := self._pid(d)) is not None]
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        for pid in pids:
+            while _alive(pid) and time.monotonic() < deadline + 2:
+                time.sleep(0.02)
+        for d in DAEMONS:
+            (self.rundir / f"{d}.pid").unlink(missing_ok=True)
+
+    # -- queries ---------------------------------------------------------------
+    def vtysh(self, cmd: str, timeout: float = 10.0) -> str:
+        """Run one vtysh command against this router; FrrError with output on failure."""
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "vtysh", "--vty_socket", str(self.rundir), "-c", cmd],
+            capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise FrrError(f"vtysh {cmd!r} in {self.netns} exited {out.returncode}: "
+                           f"{(out.stderr or out.stdout).strip()}")
+        return out.stdout
+
+    def bgp_summary(self) -> dict:
+        """`show bgp summary json` as a dict (the ipv4Unicast part is where the peers are)."""
+        return json.loads(self.vtysh("show bgp summary json") or "{}")
+
+    def routes(self) -> dict:
+        """`show ip route bgp json`: prefix -> list of route entries."""
+        return json.loads(self.vtysh("show ip route bgp json") or "{}")
+
+
+def _alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,402 @@
+"""`calico-lite lab`: a whole multi-rack cluster on one machine, out of network namespaces.
+
+Nothing is configured in the machine's own namespace: every link, address and route is
+created with `ip -n <lab namespace>`, and the lab's etcd is reached by entering the lab's
+control-plane namespace, so no lab address is routable from the host.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from calico_lite import keys
+from calico_lite.datastore import Datastore
+from calico_lite.install import install_cni
+from calico_lite.lab import plumbing as pl
+from calico_lite.lab import runtime
+from calico_lite.lab.frr import FrrRouter, render_frr_config
+from calico_lite.lab.plan import (CP_SUBNET, ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
+                                  make_plan)
+from calico_lite.lab.probe import Endpoint, probe_all
+from calico_lite.lab.serve import parse as parse_serve
+from calico_lite.lab.state import StateStore
+from plugin.netns import enter
+
+READY_TIMEOUT = 90.0
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    root: Path
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "cni" / "bin"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "cni" / "net.d"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "cni.sock"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.root / "agent.log"
+
+    @property
+    def cni_log(self) -> Path:
+        return self.root / "cni.log"
+
+
+class Lab:
+    def __init__(self, name: str = "lab"):
+        self.name = name
+        self.store = StateStore(name)
+        self._ds: Datastore | None = None
+
+    # --- plan and paths ------------------------------------------------------------------
+    @property
+    def plan(self) -> LabPlan:
+        st = self.store.load()
+        if not st.params:
+            raise LabError(f"lab {self.name} is not up (run `calico-lite lab up --name {self.name}`)")
+        return make_plan(self.name, **st.params)
+
+    def node_paths(self, node: str) -> NodePaths:
+        return NodePaths(self.store.dir / "nodes" / node)
+
+    def datastore(self) -> Datastore:
+        """The lab's etcd, reached from inside its control-plane namespace.
+
+        This moves the calling process into that namespace (before the etcd client starts any
+        thread), so it must come after any work that needs the machine's own namespace.
+        """
+        if self._ds is None:
+            enter(f"/var/run/netns/{self.plan.cp_netns}")
+            self._ds = Datastore(["http://127.0.0.1:2379"])
+        return self._ds
+
+    # --- up ------------------------------------------------------------------------------
+    def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
+           log=print) -> LabPlan:
+        plan = make_plan(self.name, racks, nodes_per_rack, bgp)
+        if self.store.exists():
+            raise LabError(f"lab {self.name} already exists; `calico-lite lab down --name "
+                           f"{self.name}` first")
+        taken = [n for n in plan.infra_netns() if pl.netns_exists(n)]
+        if taken:
+            raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
+        with self.store.edit() as st:
+            st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp}
+        try:
+            t0 = time.monotonic()
+            self._build_fabric(plan)
+            self._start_etcd(plan)
+            self._start_routers(plan)
+            log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting "
+                f"{len(plan.nodes)} node agents")
+            for node in plan.nodes:
+                self._start_agent(plan, node)
+            self._wait_ready(plan)
+            log(f"lab {self.name} up in {time.monotonic() - t0:.1f}s")
+        except BaseException:
+            self.down()
+            raise
+        return plan
+
+    def _netns(self, name: str) -> None:
+        self.store.add_netns(name)  # recorded first: a crash right after still gets cleaned
+        pl.add_netns(name)
+
+    def _build_fabric(self, plan: LabPlan) -> None:
+        for ns in plan.infra_netns():
+            self._netns(ns)
+        cp, spine = plan.cp_netns, plan.spine_netns
+        pl.veth(cp, "eth0", spine, "cp")
+        pl.ip(cp, "addr", "add", f"{ETCD_IP}/24", "dev", "eth0")
+        pl.ip(spine, "addr", "add", f"{SPINE_CP_IP}/24", "dev", "cp")
+        pl.ip(cp, "route", "add", "default", "via", SPINE_CP_IP)
+        pl.sysctl(spine, "net.ipv4.ip_forward", "1")
+        for tor in plan.tors:
+            pl.veth(spine, tor.name, tor.netns, "uplink")
+            pl.ip(spine, "addr", "add", f"{tor.spine_ip}/24", "dev", tor.name)
+            pl.ip(tor.netns, "addr", "add", f"{tor.uplink_ip}/24", "dev", "uplink")
+            pl.ip(spine, "route", "add", tor.subnet, "via", tor.uplink_ip)
+            pl.ip(tor.netns, "route", "add", "default", "via", tor.spine_ip)
+            pl.ip(tor.netns, "link", "add", "br0", "type", "bridge")
+            pl.ip(tor.netns, "link", "set", "br0", "up")
+            pl.ip(tor.netns, "addr", "add", f"{tor.segment_ip}/24", "dev", "br0")
+            pl.sysctl(tor.netns, "net.ipv4.ip_forward", "1")
+        for node in plan.nodes:
+            tor = plan.tors[node.rack - 1]
+            pl.veth(node.netns, "eth0", tor.netns, node.name)
+            pl.ip(tor.netns, "link", "set", node.name, "master", "br0")
+            pl.ip(node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
+            # the default route also lets the node answer proxy ARP for 169.254.1.1
+            pl.ip(node.netns, "route", "add", "default", "via", node.gateway)
+            pl.sysctl(node.netns, "net.ipv4.ip_forward", "1")
+
+    def _start_etcd(self, plan: LabPlan) -> None:
+        d = self.store.dir / "etcd"
+        shutil.rmtree(d, ignore_errors=True)
+        argv = ["etcd", "--name", self.name, "--data-dir", str(d / "data"),
+                "--listen-client-urls", f"http://{ETCD_IP}:2379,http://127.0.0.1:2379",
+                "--advertise-client-urls", f"http://{ETCD_IP}:2379",
+                "--listen-peer-urls", "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--initial-cluster", f"{self.name}=http://127.0.0.1:2380",
+                "--heartbeat-interval", "10", "--election-timeout", "100",
+                "--log-level", "warn"]
+        pid = pl.spawn(plan.cp_netns, argv, d / "etcd.log")
+        self.store.add_pid("etcd", pid)
+        deadline = time.monotonic() + 30
+        while not etcd_healthy(plan.cp_netns):
+            if time.monotonic() > deadline or not pl.pid_alive(pid):
+                raise LabError(f"etcd did not become healthy; see {d / 'etcd.log'}")
+            time.sleep(0.1)
+
+    def _start_routers(self, plan: LabPlan) -> None:
+        spine_conf = render_frr_config(
+            "spine", SPINE_AS, SPINE_CP_IP,
+            neighbors=[(t.uplink_ip, t.asn) for t in plan.tors], hold_time=9, keepalive=3)
+        routers = [("spine", plan.spine_netns, spine_conf)]
+        for t in plan.tors:
+            listen = [(t.subnet, "external")] if plan.bgp == "tor" else []
+            routers.append((t.name, t.netns, render_frr_config(
+                t.name, t.asn, t.uplink_ip, neighbors=[(t.spine_ip, SPINE_AS)],
+                listen_ranges=listen, hold_time=9, keepalive=3)))
+        for name, ns, conf in routers:
+            r = FrrRouter(ns, self.store.dir / "frr" / name, conf)
+            r.start()
+            for daemon, pid in r.pids().items():
+                self.store.add_pid(f"frr:{name}:{daemon}", pid)
+
+    def _start_agent(self, plan: LabPlan, node) -> None:
+        paths = self.node_paths(node.name)
+        install_cni(paths.bin_dir, paths.conf_dir, agent_socket=str(paths.socket),
+                    log_file=str(paths.cni_log))
+        argv = [sys.executable, "-m", "calico_lite.cli", "node", "run",
+                "--name", node.name, "--etcd-endpoints", plan.etcd_endpoint,
+                "--cni-socket", str(paths.socket), "--run-dir", str(paths.root),
+                "--address", node.address, "--subnet", node.subnet, "--as", str(node.asn),
+                "--rack", f"rack{node.rack}", "--label", f"rack=rack{node.rack}"]
+        for addr, asn in node.peers:
+            argv += ["--peer", f"{addr}:{asn}"]
+        if node.listen:
+            argv.append("--bgp-listen")
+        pid = pl.spawn(node.netns, argv, paths.agent_log,
+                       env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        self.store.add_pid(f"agent:{node.name}", pid)
+
+    def _wait_ready(self, plan: LabPlan) -> None:
+        """Every agent serves its CNI socket and has all its BGP sessions Established."""
+        ds = self.datastore()
+        deadline = time.monotonic() + READY_TIMEOUT
+        pending = [n.name for n in plan.nodes]
+        while pending:
+            for name in list(pending):
+                status = (ds.get(keys.status(name)) or None)
+                peers = status.value.get("peers", []) if status else []
+                if (self.node_paths(name).socket.exists() and peers
+                        and all(p["state"] == "Established" for p in peers)):
+                    pending.remove(name)
+            dead = [n for n, pid in self.store.load().pids.items()
+                    if n.startswith("agent:") and not pl.pid_alive(pid)]
+            if dead:
+                raise LabError(f"agent(s) exited: {', '.join(dead)}; see "
+                               f"{self.store.dir}/nodes/*/agent.log")
+            if time.monotonic() > deadline:
+                raise LabError(f"nodes not ready after {READY_TIMEOUT:.0f}s: {', '.join(pending)} "
+                               f"(see {self.store.dir}/nodes/NODE/agent.log)")
+            time.sleep(0.2)
+
+    # --- down ----------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove every process, namespace and file of the lab; safe after any crash."""
+        st = self.store.load()
+        pl.kill_pids(list(st.pids.values()), grace=3.0)
+        removed = []
+        names = set(st.netns)
+        if st.params:
+            names |= set(make_plan(self.name, **st.params).infra_netns())
+        for ns in sorted(names):
+            if pl.netns_exists(ns):
+                pl.delete_netns(ns)
+                removed.append(ns)
+        shutil.rmtree(self.store.dir, ignore_errors=True)
+        return removed
+
+    # --- namespaces and pods -------------------------------------------------------------
+    def ns_add(self, namespace: str, labels: dict[str, str]) -> None:
+        ds = self.datastore()
+        ds.put(keys.k8s_namespace(namespace), {"name": namespace, "labels": labels})
+
+    def ns_label(self, namespace: str, changes: dict[str, str | None]) -> dict:
+        ds = self.datastore()
+        e = ds.get(keys.k8s_namespace(namespace))
+        if e is None:
+            raise LabError(f"namespace {namespace} does not exist (lab ns add {namespace})")
+        labels = apply_label_changes(e.value.get("labels", {}), changes)
+        ds.put(keys.k8s_namespace(namespace), {**e.value, "labels": labels})
+        return labels
+
+    def pod_add(self, namespace: str, pod: str, node: str, labels: dict[str, str],
+                serve: list[str], ports: list[dict]) -> str:
+        plan = self.plan
+        node_plan = plan.node(node)
+        servers = parse_serve(serve)
+        ds = self.datastore()
+        if self.find_workload(namespace, pod):
+            raise LabError(f"pod {namespace}/{pod} already exists")
+        if ds.get(keys.k8s_namespace(namespace)) is None:
+            ds.put(keys.k8s_namespace(namespace), {"name": namespace, "labels": {}})
+        netns = plan.pod_netns(namespace, pod)
+        cid = uuid.uuid4().hex
+        paths = self.node_paths(node_plan.name)
+        self._netns(netns)
+        try:
+            netconf = runtime.load_conflist(paths.conf_dir)
+            result = runtime.add(paths.bin_dir, netconf, cid, f"/var/run/netns/{netns}",
+                                 runtime.k8s_args(namespace, pod, cid))
+            ip = result["ips"][0]["address"].split("/")[0]
+            ds.put(keys.k8s_pod(namespace, pod), {
+                "namespace": namespace, "name": pod, "node": node_plan.name, "labels": labels,
+                "ports": ports, "ip": ip})
+            if servers:
+                argv = [sys.executable, "-m", "calico_lite.lab.serve",
+                        ",".join(f"{p}:{n}" for p, n in servers)]
+                pid = pl.spawn(netns, argv, self.store.dir / "pods" / f"{namespace}.{pod}.log",
+                               env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                self.store.add_pid(f"pod:{namespace}/{pod}:serve", pid)
+            return ip
+        except BaseException:
+            pl.delete_netns(netns)
+            self.store.remove_netns(netns)
+            raise
+
+    def find_workload(self, namespace: str, pod: str) -> dict | None:
+        for e in self.datastore().list(keys.WORKLOADS):
+            if e.value.get("namespace") == namespace and e.value.get("pod") == pod:
+                return e.value
+        return None
+
+    def pod_del(self, namespace: str, pod: str) -> None:
+        w = self.find_workload(namespace, pod)
+        ds = self.datastore()
+        netns = self.plan.pod_netns(namespace, pod)
+        pl.kill_pids(list(self.store.pop_pids(f"pod:{namespace}/{pod}:").values()))
+        if w is None and not pl.netns_exists(netns):
+            raise LabError(f"pod {namespace}/{pod} does not exist")
+        if w is not None:
+            paths = self.node_paths(w["node"])
+            runtime.delete(paths.bin_dir, runtime.load_conflist(paths.conf_dir), w["container_id"],
+                           w["netns"], runtime.k8s_args(namespace, pod, w["container_id"]),
+                           w["ifname"])
+        ds.delete(keys.k8s_pod(namespace, pod))
+        pl.delete_netns(netns)
+        self.store.remove_netns(netns)
+
+    def pod_label(self, namespace: str, pod: str, changes: dict[str, str | None]) -> dict:
+        ds = self.datastore()
+        e = ds.get(keys.k8s_pod(namespace, pod))
+        if e is None:
+            raise LabError(f"pod {namespace}/{pod} does not exist")
+        labels = apply_label_changes(e.value.get("labels", {}), changes)
+        ds.put(keys.k8s_pod(namespace, pod), {**e.value, "labels": labels})
+        return labels
+
+    def pods(self) -> list[dict]:
+        return sorted(({"namespace": w["namespace"], "name": w["pod"], "node": w["node"],
+                        "ip": w["ip"], "netns": w["netns"]}
+                       for w in (e.value for e in self.datastore().list(keys.WORKLOADS))),
+                      key=lambda p: (p["namespace"], p["name"]))
+
+    def exec(self, namespace: str, pod: str, argv: list[str]) -> int:
+        netns = self.plan.pod_netns(namespace, pod)
+        if not pl.netns_exists(netns):
+            raise LabError(f"pod {namespace}/{pod} does not exist in lab {self.name}")
+        return subprocess.call(["ip", "netns", "exec", netns, *argv])
+
+    def probe(self, port: int = 80, protocol: str = "tcp") -> list[dict]:
+        eps = [Endpoint(p["namespace"], p["name"], p["ip"], p["netns"]) for p in self.pods()]
+        return probe_all(eps, port, protocol)
+
+    # --- status --------------------------------------------------------------------------
+    def status(self) -> dict:
+        plan = self.plan
+        st = self.store.load()
+        ds = self.datastore()
+        etcd = "healthy" if ds.healthy() else "unreachable"
+        nodes = []
+        for n in plan.nodes:
+            pid = st.pids.get(f"agent:{n.name}")
+            s = ds.get(keys.status(n.name)) if etcd == "healthy" else None
+            paths = self.node_paths(n.name)
+            nodes.append({
+                "name": n.name, "rack": f"rack{n.rack}", "address": n.address, "netns": n.netns,
+                "agent": "running" if pid and pl.pid_alive(pid) else "stopped",
+                "cni_bin_dir": str(paths.bin_dir), "cni_conf_dir": str(paths.conf_dir),
+                "bgp": [{"peer": p["address"], "state": p["state"]}
+                        for p in (s.value.get("peers", []) if s else [])],
+                "notes": s.value.get("notes", []) if s else []})
+        pods = [{k: p[k] for k in ("namespace", "name", "node", "ip")}
+                for p in (self.pods() if etcd == "healthy" else [])]
+        return {"name": self.name, "bgp_mode": plan.bgp, "nodes": nodes, "etcd": etcd,
+                "pods": pods}
+
+
+def etcd_healthy(cp_netns: str) -> bool:
+    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
+                        "http://127.0.0.1:2379", "--dial-timeout", "1s", "endpoint", "health"],
+                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+    return p.returncode == 0
+
+
+def apply_label_changes(labels: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """k=v sets, k- (None) removes (pure)."""
+    out = dict(labels)
+    for k, v in changes.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_label_args(items: list[str], allow_remove: bool = False) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for item in items:
+        if allow_remove and item.endswith("-") and "=" not in item:
+            out[item[:-1]] = None
+        elif "=" in item and item.split("=", 1)[0]:
+            k, v = item.split("=", 1)
+            out[k] = v
+        else:
+            raise LabError(f"label {item!r}: expected key=value" + (" or key-" if allow_remove else ""))
+    return out
+
+
+def parse_ports(items: list[str]) -> list[dict]:
+    """--port name:proto:number -> declared container ports (for named-port policies)."""
+    out = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 3 or parts[1].upper() not in ("TCP", "UDP", "SCTP") or not parts[2].isdigit():
+            raise LabError(f"--port {item!r}: expected name:proto:number, e.g. http:tcp:80")
+        out.append({"name": parts[0], "protocol": parts[1].upper(), "port": int(parts[2])})
+    return out
+
+
+__all__ = ["Lab", "LabError", "PlanError"]

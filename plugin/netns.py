@@ -1,0 +1,72 @@
+"""Network-namespace mechanics (the `pkg/ns` of this project).
+
+Linux `setns` moves only the calling thread, and a netlink socket belongs to the namespace it
+was opened in, so work inside a pod's namespace runs in a short-lived thread that enters it,
+opens its own netlink socket and leaves. The agent's other threads never change namespace, and
+no helper process is spawned (pyroute2's `IPRoute(netns=...)` would start one, and would
+create a missing namespace).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from typing import Callable, TypeVar
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(OSError):
+    pass
+
+
+def open_netns(path: str) -> int:
+    """Open an existing namespace file; never creates one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsError(errno.ENOENT, f"network namespace {path} does not exist") from None
+    except OSError as e:
+        raise NetnsError(e.errno, f"cannot open network namespace {path}: {e.strerror}") from None
+    return fd
+
+
+def setns(fd: int, path: str = "") -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"setns({path or fd}): {os.strerror(err)} (is it a network namespace?)")
+
+
+def enter(path: str) -> None:
+    """Move the calling thread (the whole process, if called before other threads exist)."""
+    fd = open_netns(path)
+    try:
+        setns(fd, path)
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run fn() in a fresh thread inside the namespace at path; re-raise what it raises."""
+    fd = open_netns(path)
+    result: dict[str, object] = {}
+
+    def worker() -> None:
+        try:
+            setns(fd, path)
+            result["value"] = fn()
+        except BaseException as e:  # handed back to the caller's thread
+            result["error"] = e
+
+    try:
+        t = threading.Thread(target=worker, name=f"netns:{os.path.basename(path)}")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result.get("value")  # type: ignore[return-value]

@@ -1,0 +1,129 @@
+"""The agent end of the shim's socket: one framed call in, one answer out.
+
+Wire format (plugin/shim/calico-lite-shim.c is the other end): the shim sends one JSON object
+{"env": {...CNI_* vars...}, "stdin": "..."} and shuts its write side; the answer is the exit
+code in ASCII, a newline, then what the shim prints on stdout. Errors become CNI error JSON
+here and nowhere else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from plugin.errors import CniError, DECODE_FAILURE
+from plugin.spec import LATEST, Request, parse_request
+
+MAX_REQUEST = 2 * 1024 * 1024
+INTERNAL_ERROR = 199
+log = logging.getLogger("calico-lite.cni")
+
+Handler = Callable[[Request], "dict | None"]
+
+
+def serve_one(raw: bytes, handler: Handler) -> tuple[int, str, dict]:
+    """Pure edge logic: raw request -> (exit code, stdout, log fields)."""
+    fields: dict = {}
+    version = LATEST
+    try:
+        try:
+            frame = json.loads(raw)
+            env, stdin = frame["env"], frame["stdin"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CniError(DECODE_FAILURE, f"malformed request from the shim: {e}") from None
+        try:
+            version = json.loads(stdin).get("cniVersion") or LATEST
+        except (ValueError, AttributeError):
+            pass
+        fields.update(verb=env.get("CNI_COMMAND"), container=env.get("CNI_CONTAINERID"),
+                      ifname=env.get("CNI_IFNAME"))
+        req = parse_request(env, stdin)
+        fields["log_file"] = req.config.get("log_file")
+        result = handler(req)
+        fields["result"] = "ok"
+        return 0, json.dumps(result) if result is not None else "", fields
+    except CniError as e:
+        fields.update(result="error", code=e.code, msg=e.msg)
+        return 1, json.dumps(e.to_dict(version)), fields
+    except Exception as e:  # never a traceback to the runtime; the log keeps the detail
+        log.exception("internal error in CNI %s", fields.get("verb"))
+        fields.update(result="error", code=INTERNAL_ERROR, msg=str(e))
+        err = CniError(INTERNAL_ERROR, f"calico-lite internal error: {type(e).__name__}: {e}",
+                       "see the calico-lite agent log on this node")
+        return 1, json.dumps(err.to_dict(version)), fields
+
+
+class CniServer:
+    """Serves the shim on a root-only unix socket, one thread per call."""
+
+    def __init__(self, path: Path, handler: Handler):
+        self.path = Path(path)
+        self.handler = handler
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            s.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+        s.listen(128)
+        self._sock = s
+        threading.Thread(target=self._accept_loop, name="cni-server", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sock:
+            self._sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def _accept_loop(self) -> None:
+        assert self._sock
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        start = time.monotonic()
+        with conn:
+            chunks, size = [], 0
+            while size <= MAX_REQUEST:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            code, out, fields = serve_one(b"".join(chunks), self.handler)
+            try:
+                conn.sendall(f"{code}\n".encode() + out.encode())
+            except OSError:
+                pass
+        fields["ms"] = round((time.monotonic() - start) * 1000, 1)
+        write_call_log(fields)
+
+
+def write_call_log(fields: dict) -> None:
+    """One structured line per call, to the agent log and to the config's log_file."""
+    log_file = fields.pop("log_file", None)
+    line = json.dumps({"ts": round(time.time(), 3), "event": "cni", **fields})
+    log.info(line)
+    if log_file:
+        try:
+            with open(log_file, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            log.warning("cannot write plugin log %s: %s", log_file, e)

@@ -1,0 +1,87 @@
+"""Write a compiled Ruleset into the kernel of the calling thread's network namespace.
+
+`sync` replaces the whole `inet calico-lite` table in one transaction: if nft rejects any part,
+nothing changes and the previous rules stay in force. `update` sends only what differs from the
+last applied Ruleset (set and map elements, per-pod chains), falling back to `sync` when the
+change is structural or the incremental transaction is refused (e.g. someone edited the table).
+No other table is ever touched.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .nft import Nft, NftError
+from .ruleset import Ruleset, render_delete, render_nft, render_update
+
+log = logging.getLogger("calico_lite.policy")
+
+
+@dataclass
+class ApplyResult:
+    """What one sync/update did; `mode` is sync, update or noop."""
+
+    mode: str
+    seconds: float
+    summary: str = ""
+    bytes: int = 0
+
+
+class RulesetApplier:
+    """Owns our table in one netns; create it (and its Nft) inside that netns."""
+
+    def __init__(self, nft: Nft | None = None):
+        self._nft = nft or Nft()
+        self._applied: Ruleset | None = None
+
+    @property
+    def applied(self) -> Ruleset | None:
+        """The Ruleset last confirmed in the kernel (None before the first sync)."""
+        return self._applied
+
+    def sync(self, ruleset: Ruleset) -> ApplyResult:
+        """Atomically replace the whole table; raise NftError and keep the old table on failure."""
+        text = render_nft(ruleset)
+        start = time.perf_counter()
+        try:
+            self._nft.cmd(text)
+        except NftError as e:
+            log.error("policy sync rejected, previous rules stay in force: %s", e.message.strip()[:2000])
+            raise
+        self._applied = ruleset
+        took = time.perf_counter() - start
+        stats = ruleset.stats()
+        log.info("policy sync: %s in %.1f ms", " ".join(f"{k}={v}" for k, v in stats.items()), took * 1e3)
+        return ApplyResult("sync", took, str(stats), len(text))
+
+    def update(self, ruleset: Ruleset) -> ApplyResult:
+        """Apply only the difference from the last applied Ruleset; sync when that is not possible."""
+        if self._applied is None:
+            return self.sync(ruleset)
+        text, summary = render_update(self._applied, ruleset)
+        if text is None:
+            log.info("policy update is structural (%s): full sync", summary)
+            return self.sync(ruleset)
+        if not text:
+            self._applied = ruleset
+            return ApplyResult("noop", 0.0, summary)
+        start = time.perf_counter()
+        try:
+            self._nft.cmd(text)
+        except NftError as e:
+            log.warning("policy incremental update refused (%s), full sync instead: %s",
+                        summary, e.message.strip()[:500])
+            return self.sync(ruleset)
+        took = time.perf_counter() - start
+        self._applied = ruleset
+        log.info("policy update: %s in %.1f ms", summary, took * 1e3)
+        return ApplyResult("update", took, summary, len(text))
+
+    def remove(self) -> None:
+        """Delete our table (and only ours); fine if it is already gone."""
+        self._nft.cmd(render_delete())
+        self._applied = None
+
+    def close(self) -> None:
+        self._nft.close()

@@ -1,0 +1,49 @@
+"""Test helpers for network namespaces: unique prefixes and guaranteed cleanup.
+
+Every test that builds namespaces takes a prefix from `unique_prefix()` and removes
+everything under it (processes first) in a `finally`/fixture teardown.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+
+def unique_prefix(tag: str) -> str:
+    """A short, unique namespace-name prefix such as 'tpol3f2a'."""
+    return f"t{tag}{uuid.uuid4().hex[:4]}"
+
+
+def sh(*args: str, check: bool = True, netns: str | None = None, **kw) -> subprocess.CompletedProcess:
+    cmd = list(args)
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def netns_pids(name: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def remove_netns_with_prefix(prefix: str) -> None:
+    """Kill every process inside, then delete every namespace whose name starts with prefix."""
+    names = [line.split()[0] for line in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines() if line.strip()]
+    mine = [n for n in names if n.startswith(prefix)]
+    for n in mine:
+        for pid in netns_pids(n):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for n in mine:
+        subprocess.run(["ip", "netns", "delete", n], capture_output=True)
+    for n in mine:
+        p = Path("/var/run/netns") / n
+        if p.exists():
+            subprocess.run(["umount", str(p)], capture_output=True)
+            p.unlink(missing_ok=True)
