@@ -76,7 +76,14 @@ class Other:
     text: str
 
 
-Event = Ack | PeerStateChange | Update | EndOfRib | Notification | Shutdown | Other
+@dataclass(frozen=True)
+class NeighborList:
+    """Answer to `show neighbor json`: (peer address, established?) for every neighbour."""
+
+    peers: tuple[tuple[str, bool], ...]
+
+
+Event = Ack | PeerStateChange | Update | EndOfRib | Notification | Shutdown | NeighborList | Other
 
 
 def parse_line(line: str) -> Event:
@@ -84,6 +91,8 @@ def parse_line(line: str) -> Event:
     text = line.strip()
     if text in ("done", "error"):
         return Ack(ok=text == "done", text=text)
+    if text.startswith("["):
+        return _neighbor_list(text)
     if not text.startswith("{"):
         return Other(kind="text", text=text)
     try:
@@ -118,6 +127,15 @@ def parse_line(line: str) -> Event:
         return EndOfRib(peer=peer, family=f"{eor.get('afi', '')} {eor.get('safi', '')}")
     update = _obj(message, "update", text)
     return _update(peer, update, text)
+
+
+def _neighbor_list(text: str) -> NeighborList:
+    try:
+        items = json.loads(text)
+        return NeighborList(peers=tuple((str(n["peer"]["address"]), n.get("state") == "up")
+                                        for n in items))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise MessageError(f"unexpected neighbour list from ExaBGP ({e}): {text[:200]}") from e
 
 
 def _update(peer: str, update: dict, text: str) -> Update:

@@ -6,6 +6,12 @@ announces the node's prefixes, tracks what each peer sent, and calls `on_change(
 one of its threads) whenever learned paths or peer states change; turning those into
 kernel routes is the caller's job (see bgp.routes). If ExaBGP dies it is restarted and
 everything is announced again.
+
+ExaBGP runs in its own session, so it outlives a crashed agent and the BGP sessions stay
+up. A new Speaker on the same workdir with the same configuration adopts it instead of
+restarting it (the relay reconnects by itself), asks it for the neighbour states and asks
+the established peers for a route refresh to rebuild what was learned: peers never see the
+agent restart.
 """
 from __future__ import annotations
 
@@ -24,8 +30,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import PeerConfig, SpeakerConfig, exabgp_env, render_config
-from .messages import (Ack, MessageError, Notification, PeerStateChange, Shutdown, Update,
-                       parse_line)
+from .messages import (Ack, MessageError, NeighborList, Notification, PeerStateChange, Shutdown,
+                       Update, parse_line)
 from .model import LearnedPath, PeerState
 
 __all__ = ["Speaker", "SpeakerConfig", "PeerConfig", "PeerState", "LearnedPath", "SpeakerError"]
@@ -72,6 +78,8 @@ class Speaker:
         self._stopping = threading.Event()
         self._spawned = threading.Event()
         self._proc: subprocess.Popen | None = None
+        self._adopted: int | None = None        # PID of an ExaBGP we did not spawn
+        self._refresh: set[str] = set()         # peers to ask for a route refresh
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
         self._relay_pid: int | None = None
@@ -94,10 +102,13 @@ class Speaker:
             raise SpeakerError(f"socket path too long for AF_UNIX ({len(str(self.socket_path))} "
                                f"> {UNIX_PATH_MAX}): {self.socket_path}")
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._kill_stale()
         relay = [self.python, "-I", "-S", str(Path(__file__).with_name("relay.py")),
                  str(self.socket_path)]
-        self.config_path.write_text(render_config(self.cfg, relay))
+        text = render_config(self.cfg, relay)
+        self._adopted = self._adoptable(text)
+        if self._adopted is None:
+            self._kill_stale()
+            self.config_path.write_text(text)
         self.socket_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -124,9 +135,11 @@ class Speaker:
         stop_timeout), its relay, and the socket. Learned state is dropped."""
         self._stopping.set()
         with self._lock:
-            proc = self._proc
+            proc, adopted = self._proc, self._adopted
         if proc is not None:
             _terminate(proc, self.stop_timeout)
+        if adopted is not None:
+            _kill_wait(adopted, self.stop_timeout)
         for t in self._threads:
             t.join(timeout=self.stop_timeout + 2)
         self._threads = []
@@ -137,6 +150,7 @@ class Speaker:
                 self._listener.close()
                 self._listener = None
             self._proc = None
+            self._adopted = None
             self._spawned.clear()
             changed = self._reset_bgp_state("speaker stopped")
         if relay_pid is not None and _is_relay(relay_pid, self.socket_path):
@@ -150,7 +164,19 @@ class Speaker:
     @property
     def exabgp_pid(self) -> int | None:
         with self._lock:
-            return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+            pid = self._current_pid()
+        return pid if pid is not None and _alive(pid) else None
+
+    @property
+    def adopted(self) -> bool:
+        """True while the ExaBGP we talk to was started by an earlier Speaker."""
+        with self._lock:
+            return self._adopted is not None
+
+    def _current_pid(self) -> int | None:
+        if self._adopted is not None:
+            return self._adopted
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def relay_pid(self) -> int | None:
@@ -203,6 +229,20 @@ class Speaker:
     # -- ExaBGP supervision ----------------------------------------------------
     def _supervise(self) -> None:
         delay = self.restart_delay
+        if self._adopted is not None:
+            self._spawned.set()
+            log.info("bgp adopted running exabgp pid=%s", self._adopted)
+            while _alive(self._adopted) and not self._stopping.wait(0.5):
+                pass
+            if self._stopping.is_set():
+                return
+            log.warning("bgp adopted exabgp pid=%s is gone; starting our own", self._adopted)
+            with self._lock:
+                self._adopted = None
+                self._drop_connection()
+                changed = self._reset_bgp_state("adopted exabgp exited")
+            if changed:
+                self._notify()
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
@@ -244,6 +284,17 @@ class Speaker:
         log.info("bgp exabgp spawned pid=%s", proc.pid)
         return proc
 
+    def _adoptable(self, config_text: str) -> int | None:
+        """PID of a live ExaBGP started by an earlier Speaker with this very config."""
+        try:
+            pid = int((self.workdir / PID_NAME).read_text().split()[0])
+            same = self.config_path.read_text() == config_text
+        except (OSError, ValueError, IndexError):
+            return None
+        if same and _alive(pid) and str(self.config_path) in _cmdline(pid):
+            return pid
+        return None
+
     def _kill_stale(self) -> None:
         """Kill an ExaBGP left by an earlier Speaker on this workdir (recorded PID whose
         command line names our config), so two never fight over the same peers."""
@@ -269,7 +320,7 @@ class Speaker:
                 return
             pid = _peer_pid(conn)
             with self._lock:
-                exabgp = self._proc.pid if self._proc is not None else None
+                exabgp = self._current_pid()
                 if exabgp is None or _ppid(pid) != exabgp:
                     log.warning("bgp rejecting relay pid=%s (parent %s, exabgp %s)",
                                 pid, _ppid(pid), exabgp)
@@ -279,6 +330,9 @@ class Speaker:
                 self._conn, self._relay_pid = conn, pid
                 for p in sorted(self._desired):      # ExaBGP may be new: tell it everything
                     self._send(f"announce route {p} next-hop self")
+                if self._adopted is not None:        # rebuild peer states and learned paths
+                    self._refresh = {p.address for p in self.cfg.peers}
+                self._send("show neighbor json")
             log.info("bgp relay connected pid=%s", pid)
             t = threading.Thread(target=self._read_loop, args=(conn,), name="bgp-read", daemon=True)
             t.start()
@@ -356,7 +410,23 @@ class Speaker:
             return False
         if isinstance(event, Shutdown):
             return self._reset_bgp_state("exabgp shutting down")
+        if isinstance(event, NeighborList):
+            return self._neighbor_list(event)
         return False
+
+    def _neighbor_list(self, ev: NeighborList) -> bool:
+        changed = False
+        for address, up in ev.peers:
+            s = self._peers.get(address)
+            if s is None:
+                continue
+            if up and s.state != "Established":
+                self._peers[address] = _replace(s, state="Established", since=time.time())
+                changed = True
+            if up and address in self._refresh:
+                self._send(f"neighbor {address} announce route-refresh ipv4 unicast")
+            self._refresh.discard(address)
+        return changed
 
     def _peer_state(self, ev: PeerStateChange) -> bool:
         s = self._peers.get(ev.peer)

@@ -233,10 +233,16 @@ def cmd_lab_pod_label(args) -> int:
 
 def cmd_lab_exec(args) -> int:
     ns, pod = _split_ref(args.pod)
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    argv = args.argv
     if not argv:
         raise ValueError("lab exec: give a command after --")
     return _lab(args).exec(ns, pod, argv)
+
+
+def cmd_lab_wait(args) -> int:
+    _lab(args).wait_converged(args.timeout)
+    print("converged: every node routes every pod block")
+    return 0
 
 
 def format_probe(rows: list[dict]) -> str:
@@ -365,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
     ex = lab_cmd("exec", cmd_lab_exec, "run a command in a pod")
     ex.add_argument("pod")
-    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    ex.add_argument("argv", nargs="*", help="-- COMMAND ...")
+    lab_cmd("wait", cmd_lab_wait, "wait until every node routes every pod block").add_argument(
+        "--timeout", type=float, default=30.0)
     pr = lab_cmd("probe", cmd_lab_probe, "every pod to every other pod")
     pr.add_argument("--port", type=int, default=80)
     pr.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
@@ -374,7 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command: list[str] = []
+    if "--" in argv:  # everything after -- is the command of `lab exec`, options included
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
+    if command:
+        if not hasattr(args, "argv"):
+            build_parser().error("'--' is only for `lab exec NS/POD -- COMMAND`")
+        args.argv = command
     try:
         return args.fn(args)
     except KeyboardInterrupt:

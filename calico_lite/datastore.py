@@ -6,7 +6,6 @@ exception type (`DatastoreUnavailable`) that the CNI edge turns into code 11 ("t
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
@@ -72,10 +71,13 @@ class Datastore:
         self.endpoints = list(endpoints)
         if not self.endpoints:
             raise ValueError("no etcd endpoint given")
-        host, port = _parse_endpoint(self.endpoints[0])
-        self.describe = f"etcd at {self.endpoints[0]}"
-        self._client = pyetcd.client(host=host, port=port, timeout=timeout)
-        self._lock = threading.Lock()
+        self.describe = f"etcd at {','.join(self.endpoints)}"
+        # time_retry=0: a failed endpoint is retried on the next call rather than shunned for
+        # the library's default five minutes (an agent that starts before etcd must recover)
+        eps = [pyetcd.Endpoint(*_parse_endpoint(e), secure=False, time_retry=0)
+               for e in self.endpoints]
+        self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
+                                                       failover=True)
 
     def close(self) -> None:
         self._client.close()
@@ -83,7 +85,7 @@ class Datastore:
     def _call(self, fn: Callable, *args, **kw):
         try:
             return fn(*args, **kw)
-        except (pyetcd.Etcd3Exception, grpc.RpcError) as e:
+        except (pyetcd.Etcd3Exception, grpc.RpcError, ValueError) as e:
             raise DatastoreUnavailable(f"{self.describe}: {type(e).__name__}: {e}") from None
 
     def healthy(self) -> bool:

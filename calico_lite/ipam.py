@@ -69,20 +69,17 @@ class Ipam:
         existing = self.get(handle)
         if existing:
             return existing
-        for cidr in self.affine_blocks():
-            got = self._assign_in_block(cidr, handle, attrs or {}, borrowed=False)
-            if got:
-                return got
-        while True:
-            cidr = self._claim_block()
-            if cidr is None:
+        attrs = attrs or {}
+        while True:  # own blocks first; claim another only when they are all full
+            for cidr in self.affine_blocks():
+                got = self._assign_in_block(cidr, handle, attrs, borrowed=False)
+                if got:
+                    return got
+            if self._claim_block() is None:
                 break
-            got = self._assign_in_block(cidr, handle, attrs or {}, borrowed=False)
-            if got:
-                return got
         if not self.strict_affinity:
             for e in self.ds.list(keys.BLOCKS):
-                got = self._assign_in_block(e.value["cidr"], handle, attrs or {}, borrowed=True)
+                got = self._assign_in_block(e.value["cidr"], handle, attrs, borrowed=True)
                 if got:
                     return got
         enabled = [p.cidr for p in list_pools(self.ds) if not p.disabled]

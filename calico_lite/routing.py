@@ -62,12 +62,15 @@ class RoutingController:
 
     def status(self, own: set[str], plan) -> dict:
         """What `node status` shows: peers, own blocks, installed routes, skipped paths."""
+        skipped = [s for s in plan.skipped if s.prefix not in own]
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
                 "blocks": sorted(own),
                 "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": "none"}
                            for r in plan.routes],
+                "skipped": [{"prefix": s.prefix, "via": s.next_hop, "reason": s.reason}
+                            for s in skipped],
                 "notes": [f"{s.prefix} via {s.next_hop} not installed: {s.reason}"
-                          for s in plan.skipped]}
+                          for s in skipped]}
 
     def sync_once(self) -> None:
         own = self.own()

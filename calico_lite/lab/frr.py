@@ -7,9 +7,12 @@ routers coexist on one machine and `stop()` can kill exactly what it started.
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shutil
+import stat
 import signal
 import subprocess
 import time
@@ -119,6 +122,7 @@ class FrrRouter:
     def start(self) -> None:
         """Write the config, start zebra then bgpd (daemonised), wait until vtysh answers."""
         self.rundir.mkdir(parents=True, exist_ok=True)
+        _check_reachable_by_frr(self.rundir)
         for d in DAEMONS:
             (self.rundir / f"{d}.conf").write_text(self.config_text)
         shutil.chown(self.rundir, "frr", "frr")
@@ -200,6 +204,23 @@ class FrrRouter:
     def routes(self) -> dict:
         """`show ip route bgp json`: prefix -> list of route entries."""
         return json.loads(self.vtysh("show ip route bgp json") or "{}")
+
+
+def _check_reachable_by_frr(path: Path) -> None:
+    """The daemons drop to user frr: every parent of the run directory must let it in."""
+    user = pwd.getpwnam("frr")
+    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if "frr" in g.gr_mem}
+    for parent in [path.resolve(), *path.resolve().parents]:
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in gids:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise FrrError(f"FRR run directory {path} is not reachable by user frr: "
+                           f"{parent} has mode {stat.filemode(st.st_mode)}")
 
 
 def _alive(pid: int) -> bool:

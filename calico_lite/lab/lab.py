@@ -23,7 +23,7 @@ from calico_lite.lab import runtime
 from calico_lite.lab.frr import FrrRouter, render_frr_config
 from calico_lite.lab.plan import (CP_SUBNET, ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
                                   make_plan)
-from calico_lite.lab.probe import Endpoint, probe_all
+from calico_lite.lab.probe import Endpoint, probe_all, probe_from
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import StateStore
 from plugin.netns import enter
@@ -222,6 +222,27 @@ class Lab:
                                f"(see {self.store.dir}/nodes/NODE/agent.log)")
             time.sleep(0.2)
 
+    def converged(self) -> list[str]:
+        """Nodes whose routing does not yet know every block in the datastore (empty: done)."""
+        ds = self.datastore()
+        wanted = {keys.block_cidr(e.key) for e in ds.list(keys.AFFINITIES)}
+        lagging = []
+        for n in self.plan.nodes:
+            e = ds.get(keys.status(n.name))
+            s = e.value if e else {}
+            known = (set(s.get("blocks", [])) | {r["prefix"] for r in s.get("routes", [])}
+                     | {r["prefix"] for r in s.get("skipped", [])})
+            if not wanted <= known:
+                lagging.append(n.name)
+        return lagging
+
+    def wait_converged(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while lagging := self.converged():
+            if time.monotonic() > deadline:
+                raise LabError(f"routes not converged after {timeout:.0f}s on {', '.join(lagging)}")
+            time.sleep(0.1)
+
     # --- down ----------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Remove every process, namespace and file of the lab; safe after any crash."""
@@ -280,11 +301,22 @@ class Lab:
                 pid = pl.spawn(netns, argv, self.store.dir / "pods" / f"{namespace}.{pod}.log",
                                env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
                 self.store.add_pid(f"pod:{namespace}/{pod}:serve", pid)
+                self._wait_serving(netns, servers, pid)
             return ip
         except BaseException:
             pl.delete_netns(netns)
             self.store.remove_netns(netns)
             raise
+
+    def _wait_serving(self, netns: str, servers: list[tuple[str, int]], pid: int) -> None:
+        """Return once the pod's servers answer on its loopback, so probes never race them."""
+        deadline = time.monotonic() + 10
+        for proto, port in servers:
+            while not probe_from(f"/var/run/netns/{netns}", "127.0.0.1", port, proto):
+                if time.monotonic() > deadline or not pl.pid_alive(pid):
+                    raise LabError(f"servers in {netns} did not start; see "
+                                   f"{self.store.dir / 'pods'}")
+                time.sleep(0.02)
 
     def find_workload(self, namespace: str, pod: str) -> dict | None:
         for e in self.datastore().list(keys.WORKLOADS):

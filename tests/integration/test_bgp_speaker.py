@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +136,7 @@ class Node:
 class Fabric:
     prefix: str
     root: Path
+    frr_root: Path
     nodes: list[Node] = field(default_factory=list)
     routers: list[FrrRouter] = field(default_factory=list)
 
@@ -154,7 +157,7 @@ class Fabric:
 
     def add_tor(self, name: str, address: str, asn: int = 65001) -> FrrRouter:
         ns = self.netns(name, address)
-        rundir = self.root / name
+        rundir = self.frr_root / name  # FRR drops to user frr: pytest's tmp_path is 0700
         cfg = render_frr_config(name, asn, address, listen_ranges=[(SUBNET, "external")],
                                 hold_time=9, log_file=str(rundir / "frr.log"))
         router = FrrRouter(ns, rundir, cfg)
@@ -192,7 +195,9 @@ class Fabric:
 @pytest.fixture
 def fabric(tmp_path):
     prefix = unique_prefix("bgp")
-    fab = Fabric(prefix, tmp_path)
+    frr_root = Path(tempfile.mkdtemp(prefix=f"{prefix}-frr-"))
+    frr_root.chmod(0o755)
+    fab = Fabric(prefix, tmp_path, frr_root)
     try:
         sh("ip", "netns", "add", fab.seg)
         sh("ip", "-n", fab.seg, "link", "add", "br0", "type", "bridge")
@@ -200,6 +205,7 @@ def fabric(tmp_path):
         yield fab
     finally:
         fab.teardown()
+        shutil.rmtree(frr_root, ignore_errors=True)
         leftovers = [l for l in sh("ip", "netns", "list").stdout.splitlines() if l.startswith(prefix)]
         assert not leftovers, f"namespaces left behind: {leftovers}"
 
@@ -340,3 +346,44 @@ def test_ibgp_mesh_with_listen_and_ecmp(fabric):
     # one of the two stops announcing it: n3 falls back to a single next hop
     n2.call("announce", prefixes=[n2.block])
     wait_for(lambda: n3.routes().get(anycast) == (n1.address,), "single next hop on n3")
+
+
+def test_agent_crash_keeps_sessions_and_new_speaker_adopts_exabgp(fabric):
+    """The agent (our worker) is SIGKILLed: ExaBGP and its relay live on, so the peers keep
+    the node's block. A new Speaker on the same workdir adopts that ExaBGP, gets the relay
+    back, and rebuilds peer states and learned paths (route refresh) without a flap."""
+    n1, n2, n3 = three_nodes_behind_tor(fabric)
+    for n in (n2, n3):
+        wait_for(lambda: n.routes().get(n1.block) == (n1.address,), f"{n.name} has n1's block")
+    wait_for(lambda: others_ok(n1, [n2, n3]), "n1 has the other blocks")
+    before = n1.call("pids")
+    n1.proc.kill()
+    n1.proc.wait()
+    assert Path(f"/proc/{before['exabgp']}").exists(), "exabgp must outlive the agent"
+    assert others_ok(n1, [n2, n3]), "kernel routes stay while the agent is away"
+
+    spec_node = fabric.add_node.__func__  # start a new worker for the same node and workdir
+    t0 = time.monotonic()
+    new = Node(n1.name, n1.address, n1.asn, n1.block, log=fabric.root / "n1-again.log")
+    spec = {"address": n1.address, "asn": n1.asn, "peers": [("10.99.1.1", 65001)],
+            "workdir": str(fabric.root / "n1" / "bgp")}
+    new.proc = subprocess.Popen(
+        ["ip", "netns", "exec", n1.name, sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(new.log, "w"), text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    fabric.nodes.append(new)
+    del spec_node
+    new.call("start")
+    new.call("announce", prefixes=[n1.block])
+    after = wait_for(lambda: (p := new.call("pids"))["relay"] and p, "the relay to reconnect")
+    assert after["exabgp"] == before["exabgp"] and after["restarts"] == 0
+    wait_for(lambda: all(p["state"] == "Established" for p in new.call("peers")), "peer state")
+    learned = wait_for(lambda: (l := new.call("learned")) and n2.block in l and n3.block in l and l,
+                       "learned paths rebuilt by route refresh")
+    assert [n2.address, "10.99.1.1"] == learned[n2.block][0][:2]
+    wait_for(lambda: others_ok(new, [n2, n3]), "n1's routes after adoption")
+    print(f"\n[info] adoption: new speaker to rebuilt state {time.monotonic() - t0:.2f}s")
+    # the peers never lost n1's block
+    for n in (n2, n3):
+        assert n.routes().get(n1.block) == (n1.address,)
+        assert f"deleted=['{n1.block}']" not in n.log.read_text(), f"{n.name} saw a flap"

@@ -1,8 +1,8 @@
 """Parsing of ExaBGP 5.x API lines (captured from a real ExaBGP 5.0.15 against FRR 8.4)."""
 import pytest
 
-from bgp.messages import (Ack, EndOfRib, MessageError, Notification, Other, PeerStateChange,
-                          Shutdown, Update, parse_as_path, parse_line)
+from bgp.messages import (Ack, EndOfRib, MessageError, NeighborList, Notification, Other,
+                          PeerStateChange, Shutdown, Update, parse_as_path, parse_line)
 from bgp.model import LearnedPath
 
 HEAD = ('{ "exabgp": "5.0.0", "time": 1795830833.7, "host" : "vm", "pid" : 5632, "ppid" : 5629, '
@@ -98,3 +98,12 @@ def test_as_path_shapes():
 def test_malformed_lines_raise_with_context(bad):
     with pytest.raises(MessageError):
         parse_line(bad)
+
+
+def test_show_neighbor_json_answer():
+    line = ('[{"state": "up", "duration": 12, "fsm": "established", "peer": {"address": "10.99.1.1", '
+            '"as": 65001}, "local": {"address": "10.99.1.11"}}, {"state": "down", "duration": 3, '
+            '"peer": {"address": "10.99.1.2", "as": 65002}}]')
+    assert parse_line(line) == NeighborList(peers=(("10.99.1.1", True), ("10.99.1.2", False)))
+    with pytest.raises(MessageError):
+        parse_line('[{"state": "up"}]')

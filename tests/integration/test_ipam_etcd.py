@@ -1,0 +1,117 @@
+"""IPAM against a real etcd: claims, assignment, release, borrowing, concurrency."""
+from __future__ import annotations
+
+import ipaddress
+import multiprocessing as mp
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from calico_lite import keys
+from calico_lite.blocks import Block, Pool
+from calico_lite.ipam import Ipam, PoolExhausted, ensure_pool
+
+
+def small_pool(ds, cidr="10.244.0.0/28", block_size=30):
+    ensure_pool(ds, Pool("p", cidr, block_size=block_size))
+
+
+def test_first_assignment_claims_a_block_and_records_the_handle(ds):
+    small_pool(ds)
+    a = Ipam(ds, "n1").assign("c1/eth0")
+    assert a.ip == "10.244.0.0" and a.block == "10.244.0.0/30" and not a.borrowed
+    assert Ipam(ds, "n1").affine_blocks() == ["10.244.0.0/30"]
+    h = ds.get(keys.handle("c1/eth0")).value
+    assert h["ip"] == a.ip and h["node"] == "n1"
+    blk = Block.from_dict(ds.get(keys.block("10.244.0.0/30")).value)
+    assert blk.allocations == {0: "c1/eth0"} and blk.affinity == "n1"
+
+
+def test_assign_is_idempotent_per_handle(ds):
+    small_pool(ds)
+    ipam = Ipam(ds, "n1")
+    assert ipam.assign("c1/eth0") == ipam.assign("c1/eth0")
+    assert len(Block.from_dict(ds.get(keys.block("10.244.0.0/30")).value).allocations) == 1
+
+
+def test_nodes_get_separate_blocks_and_claim_more_when_full(ds):
+    small_pool(ds)
+    n1, n2 = Ipam(ds, "n1"), Ipam(ds, "n2")
+    ips1 = [n1.assign(f"a{i}/eth0").ip for i in range(5)]  # /30 holds 4: a second block
+    ip2 = n2.assign("b0/eth0").ip
+    assert n1.affine_blocks() == ["10.244.0.0/30", "10.244.0.4/30"]
+    assert n2.affine_blocks() == ["10.244.0.8/30"] and ip2 == "10.244.0.8"
+    assert len(set(ips1)) == 5
+
+
+def test_release_frees_the_address_for_reuse_and_is_idempotent(ds):
+    small_pool(ds)
+    ipam = Ipam(ds, "n1")
+    ip = ipam.assign("c1/eth0").ip
+    assert ipam.release("c1/eth0").ip == ip
+    assert ipam.release("c1/eth0") is None
+    assert ds.get(keys.handle("c1/eth0")) is None
+    assert ipam.assign("c2/eth0").ip == ip
+
+
+def test_borrowing_when_no_block_is_left_then_exhaustion(ds):
+    small_pool(ds, "10.244.0.0/29", 30)  # two blocks of 4
+    n1, n2, n3 = Ipam(ds, "n1"), Ipam(ds, "n2"), Ipam(ds, "n3")
+    n1.assign("a/eth0")
+    n2.assign("b/eth0")
+    borrowed = n3.assign("c/eth0")
+    assert borrowed.borrowed and borrowed.node == "n3"
+    assert n3.affine_blocks() == []
+    strict = Ipam(ds, "n4", strict_affinity=True)
+    with pytest.raises(PoolExhausted, match="n4"):
+        strict.assign("d/eth0")
+    for i in range(5):
+        n3.assign(f"c{i}/eth0")
+    with pytest.raises(PoolExhausted, match="10.244.0.0/29"):
+        n3.assign("last/eth0")
+
+
+def test_release_ip_finds_the_handle(ds):
+    small_pool(ds)
+    ipam = Ipam(ds, "n1")
+    ip = ipam.assign("c1/eth0").ip
+    assert ipam.release_ip(ip).handle == "c1/eth0"
+    assert ipam.release_ip(ip) is None
+
+
+def test_many_concurrent_assignments_on_one_node_never_collide(ds):
+    small_pool(ds, "10.244.0.0/24", 28)
+    ipam = Ipam(ds, "n1")
+    with ThreadPoolExecutor(16) as ex:
+        ips = list(ex.map(lambda i: ipam.assign(f"c{i}/eth0").ip, range(60)))
+    assert len(set(ips)) == 60
+    blocks = [Block.from_dict(e.value) for e in ds.list(keys.BLOCKS)]
+    assert sum(len(b.allocations) for b in blocks) == 60
+    assert all(b.affinity == "n1" for b in blocks)
+
+
+def _node_worker(args):
+    endpoint, node, count = args
+    from calico_lite.datastore import Datastore
+    ipam = Ipam(Datastore([endpoint]), node)
+    with ThreadPoolExecutor(4) as ex:
+        return list(ex.map(lambda i: ipam.assign(f"{node}-{i}/eth0").ip, range(count)))
+
+
+def test_concurrent_assignments_across_nodes_never_hand_out_one_address_twice(ds, etcd_endpoint):
+    small_pool(ds, "10.244.0.0/25", 29)  # 16 blocks of 8: nodes race for blocks too
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.map(_node_worker, [(etcd_endpoint, f"n{i}", 20) for i in range(4)])
+    ips = [ip for r in results for ip in r]
+    assert len(ips) == 80 and len(set(ips)) == 80
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.244.0.0/25") for ip in ips)
+    handles = ds.list(keys.HANDLES)
+    assert len(handles) == 80
+    owners = {}
+    for e in ds.list(keys.BLOCKS):
+        b = Block.from_dict(e.value)
+        for off, h in b.allocations.items():
+            assert b.address(off) not in owners
+            owners[b.address(off)] = h
+    assert len(owners) == 80
