@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import PeerConfig, SpeakerConfig, exabgp_env, render_config
-from .messages import (Ack, MessageError, NeighborList, Notification, PeerStateChange, Shutdown,
-                       Update, parse_line)
+from .messages import (Ack, MessageError, NeighborList, Notification, Other, PeerStateChange,
+                       Shutdown, Update, parse_line)
 from .model import LearnedPath, PeerState
 
 __all__ = ["Speaker", "SpeakerConfig", "PeerConfig", "PeerState", "LearnedPath", "SpeakerError"]
@@ -412,6 +412,8 @@ class Speaker:
             return self._reset_bgp_state("exabgp shutting down")
         if isinstance(event, NeighborList):
             return self._neighbor_list(event)
+        if isinstance(event, Other) and event.kind == "":
+            log.info("bgp unhandled line %s", event.text[:300])
         return False
 
     def _neighbor_list(self, ev: NeighborList) -> bool:
@@ -424,7 +426,7 @@ class Speaker:
                 self._peers[address] = _replace(s, state="Established", since=time.time())
                 changed = True
             if up and address in self._refresh:
-                self._send(f"neighbor {address} announce route-refresh ipv4 unicast")
+                self._send(f"show adj-rib in json")
             self._refresh.discard(address)
         return changed
 
