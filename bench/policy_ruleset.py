@@ -37,7 +37,7 @@ def cluster(n_pods: int, n_policies: int, seed: int = 7):
     for i in range(n_pods):
         ns = namespaces[i % len(namespaces)].name
         pods.append(Pod(ns, f"pod{i}", f"10.244.{i // 250}.{i % 250 + 1}",
-                        {"app": f"app{i % 10}", "tier": rnd.choice(["fe", "be", "db"])},
+                        {"app": f"app{(i // 20) % 10}", "tier": rnd.choice(["fe", "be", "db"])},
                         [ContainerPort("http", "TCP", 8080 + i % 3), ContainerPort("dns", "UDP", 53)],
                         f"cali{i:08x}", "node1"))
     sel = LabelSelector.of
@@ -45,7 +45,7 @@ def cluster(n_pods: int, n_policies: int, seed: int = 7):
     for j in range(n_policies):
         ns = namespaces[j % len(namespaces)].name
         kind = j % 5
-        target = sel({"app": f"app{j % 10}"}) if j % 7 else sel()
+        target = sel({"app": f"app{(j // 20) % 10}"}) if j % 40 else sel()
         if kind == 0:
             ing = (NetworkPolicyRule((NetworkPolicyPeer(pod_selector=sel({"tier": "fe"})),),
                                      (NetworkPolicyPort("TCP", 80), NetworkPolicyPort("TCP", "http"))),)
@@ -129,7 +129,7 @@ def main() -> None:
         raw_s, _ = timed(lambda: run(nft_file, f.name), args.repeat)
 
         # one pod added, selected by policies and matched as a peer: compile + diff + nft
-        new_pod = Pod("ns3", "newpod", "10.244.99.1", {"app": "app3", "tier": "fe"},
+        new_pod = Pod("ns6", "newpod", "10.244.99.1", {"app": "app0", "tier": "db"},
                       [ContainerPort("http", "TCP", 8080)], "calinewpod", "node1")
         t = time.perf_counter()
         rs2 = compile_ruleset(policies, pods + [new_pod], namespaces, ["10.241.0.1"])

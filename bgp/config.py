@@ -131,7 +131,7 @@ def exabgp_env(cfg: SpeakerConfig, workdir: Path, log_to_file: bool = True) -> d
         "exabgp_api_ack": "true",
         "exabgp_api_encoder": "json",
         "exabgp_api_respawn": "true",
-        "exabgp_api_show_routes_format": "v2",   # `show adj-rib in json`: one route a line
+        "exabgp_api_show-routes-format": "v2",   # `show adj-rib in json`: one route a line
         "exabgp_log_destination": str(Path(workdir) / "exabgp.log") if log_to_file else "stderr",
         "exabgp_log_level": "INFO",
         "exabgp_log_packets": "false",

@@ -101,6 +101,8 @@ def parse_line(line: str) -> Event:
         raise MessageError(f"invalid JSON from ExaBGP ({e}): {text[:200]}") from e
     if not isinstance(msg, dict):
         raise MessageError(f"ExaBGP JSON is not an object: {text[:200]}")
+    if "type" not in msg and isinstance(msg.get("route"), dict) and isinstance(msg.get("peer"), dict):
+        return _rib_entry(msg, text)
     kind = msg.get("type", "")
     if kind == "notification" and msg.get("notification") == "shutdown":
         return Shutdown()
@@ -127,6 +129,21 @@ def parse_line(line: str) -> Event:
         return EndOfRib(peer=peer, family=f"{eor.get('afi', '')} {eor.get('safi', '')}")
     update = _obj(message, "update", text)
     return _update(peer, update, text)
+
+
+def _rib_entry(msg: dict, text: str) -> Update:
+    """One line of `show adj-rib in json` (show-routes-format v2): a route held from a peer."""
+    peer = _str(msg["peer"], "address", text)
+    nlri = _obj(msg["route"], "nlri", text)
+    family = nlri.get("family", {})
+    if f"{family.get('afi')} {family.get('safi')}" != FAMILY:
+        return Update(peer=peer)
+    next_hop = _str(nlri, "nexthop", text)
+    _check_ip(next_hop, text)
+    attributes = msg["route"].get("attributes", {})
+    as_path = parse_as_path(attributes.get("as-path", []) if isinstance(attributes, dict) else [])
+    (prefix,) = _prefixes([_str(nlri, "prefix", text)], text)
+    return Update(peer=peer, announced=((prefix, LearnedPath(next_hop, peer, as_path)),))
 
 
 def _neighbor_list(text: str) -> NeighborList:

@@ -9,9 +9,9 @@ everything is announced again.
 
 ExaBGP runs in its own session, so it outlives a crashed agent and the BGP sessions stay
 up. A new Speaker on the same workdir with the same configuration adopts it instead of
-restarting it (the relay reconnects by itself), asks it for the neighbour states and asks
-the established peers for a route refresh to rebuild what was learned: peers never see the
-agent restart.
+restarting it (the relay reconnects by itself), and reads back the neighbour states and
+ExaBGP's Adj-RIB-In to rebuild what was learned (`synced()` tells when): peers never see
+the agent restart. (A ROUTE-REFRESH would not do: FRR 8.4 does not answer it with updates.)
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ class SpeakerError(RuntimeError):
 class Speaker:
     """One ExaBGP process, its relay, and the state learned from it."""
 
+    RIB_DUMP = "show adj-rib in json"
+
     def __init__(
         self,
         cfg: SpeakerConfig,
@@ -79,7 +81,8 @@ class Speaker:
         self._spawned = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._adopted: int | None = None        # PID of an ExaBGP we did not spawn
-        self._refresh: set[str] = set()         # peers to ask for a route refresh
+        self._refresh: set[str] = set()         # peers whose state we still have to ask
+        self._resyncing = False                 # adopted: learned paths not rebuilt yet
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
         self._relay_pid: int | None = None
@@ -106,6 +109,7 @@ class Speaker:
                  str(self.socket_path)]
         text = render_config(self.cfg, relay)
         self._adopted = self._adoptable(text)
+        self._resyncing = self._adopted is not None   # until the relay is back and has told us
         if self._adopted is None:
             self._kill_stale()
             self.config_path.write_text(text)
@@ -152,6 +156,7 @@ class Speaker:
             self._proc = None
             self._adopted = None
             self._spawned.clear()
+            self._resyncing = False
             changed = self._reset_bgp_state("speaker stopped")
         if relay_pid is not None and _is_relay(relay_pid, self.socket_path):
             _kill_wait(relay_pid, self.stop_timeout)
@@ -201,6 +206,12 @@ class Speaker:
         if changed:
             self._notify()
 
+    def synced(self) -> bool:
+        """False while an adopted ExaBGP's learned paths are being read back: until then
+        learned() is incomplete and must not be used to delete kernel routes."""
+        with self._lock:
+            return not self._resyncing
+
     def announced(self) -> set[str]:
         with self._lock:
             return set(self._desired)
@@ -239,6 +250,7 @@ class Speaker:
             log.warning("bgp adopted exabgp pid=%s is gone; starting our own", self._adopted)
             with self._lock:
                 self._adopted = None
+                self._resyncing = False
                 self._drop_connection()
                 changed = self._reset_bgp_state("adopted exabgp exited")
             if changed:
@@ -332,6 +344,7 @@ class Speaker:
                     self._send(f"announce route {p} next-hop self")
                 if self._adopted is not None:        # rebuild peer states and learned paths
                     self._refresh = {p.address for p in self.cfg.peers}
+                    self._resyncing = True
                 self._send("show neighbor json")
             log.info("bgp relay connected pid=%s", pid)
             t = threading.Thread(target=self._read_loop, args=(conn,), name="bgp-read", daemon=True)
@@ -425,9 +438,18 @@ class Speaker:
             if up and s.state != "Established":
                 self._peers[address] = _replace(s, state="Established", since=time.time())
                 changed = True
-            if up and address in self._refresh:
-                self._send(f"show adj-rib in json")
-            self._refresh.discard(address)
+        if self._refresh:
+            # first answer after adoption: read ExaBGP's Adj-RIB-In (what the peers sent),
+            # then ask for the neighbours again; that second answer marks the end of the dump
+            # (acks cannot: the relay may still hold acks for the previous agent's commands)
+            self._refresh = set()
+            if any(up for _, up in ev.peers):
+                self._send(self.RIB_DUMP)
+                self._send("show neighbor json")
+                return changed
+        if self._resyncing:
+            self._resyncing = False
+            changed = True
         return changed
 
     def _peer_state(self, ev: PeerStateChange) -> bool:

@@ -47,6 +47,7 @@ class AgentConfig:
     bgp: BgpSettings
     rack: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    block_release_grace: float = 300.0
 
 
 class NetlinkPool:
@@ -129,8 +130,15 @@ class NodeAgent:
         self.server = CniServer(self.cfg.cni_socket, self.handle_cni)
         self.server.start()
         self._spawn("routing", self.routing.run)
+        self._spawn("ipam-housekeeping", self.housekeeping)
         log.info(json.dumps({"event": "agent-ready", "node": self.cfg.node,
                              "socket": str(self.cfg.cni_socket), "pid": os.getpid()}))
+
+    def housekeeping(self, stop: threading.Event) -> None:
+        """Give back blocks that stayed empty for the grace period."""
+        while not stop.wait(min(30.0, max(1.0, self.cfg.block_release_grace / 2))):
+            for cidr in self.backend.ipam.release_empty_blocks(self.cfg.block_release_grace):
+                log.info(json.dumps({"event": "block-released", "block": cidr}))
 
     def _spawn(self, name: str, loop) -> None:
         def guarded() -> None:

@@ -71,6 +71,7 @@ class Block:
     affinity: str | None
     pool: str
     allocations: dict[int, str] = field(default_factory=dict)
+    empty_since: float | None = None  # set when the last address is released
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -99,13 +100,17 @@ class Block:
         return int(addr) - int(self.network.network_address)
 
     def to_dict(self) -> dict:
-        return {"cidr": self.cidr, "affinity": self.affinity, "pool": self.pool,
-                "allocations": {str(k): v for k, v in sorted(self.allocations.items())}}
+        d = {"cidr": self.cidr, "affinity": self.affinity, "pool": self.pool,
+             "allocations": {str(k): v for k, v in sorted(self.allocations.items())}}
+        if self.empty_since is not None and not self.allocations:
+            d["emptySince"] = self.empty_since
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Block":
         return cls(cidr=d["cidr"], affinity=d.get("affinity"), pool=d.get("pool", ""),
-                   allocations={int(k): v for k, v in d.get("allocations", {}).items()})
+                   allocations={int(k): v for k, v in d.get("allocations", {}).items()},
+                   empty_since=d.get("emptySince"))
 
 
 def handle_id(container_id: str, ifname: str) -> str:

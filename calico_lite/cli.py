@@ -52,6 +52,7 @@ def cmd_node_run(args) -> int:
         node=args.name, etcd_endpoints=args.etcd_endpoints.split(","),
         cni_socket=Path(args.cni_socket), run_dir=Path(args.run_dir), address=args.address,
         subnet=args.subnet, rack=args.rack, labels=labels,
+        block_release_grace=args.block_release_grace,
         bgp=BgpSettings(router_id=args.router_id or args.address, local_address=args.address,
                         local_as=args.asn, subnet=args.subnet, peers=tuple(peers),
                         listen=args.bgp_listen, hold_time=args.hold_time))
@@ -143,6 +144,28 @@ def cmd_ipam_release(args) -> int:
     if a is None:
         raise LookupError(f"{args.ip} is not assigned")
     print(f"released {a.ip} (handle {a.handle})")
+    return 0
+
+
+def cmd_ipam_check(args) -> int:
+    from dataclasses import asdict
+    from calico_lite.ipam_check import load_and_check
+    r = load_and_check(_ds(args), args.grace)
+    out = {"handles": r.handles, "in_use": r.in_use, "findings": [asdict(f) for f in r.findings]}
+    text = "\n".join([f"{r.handles} handles, {r.in_use} in use by existing pods"] +
+                     [f"{f.kind:<18} {f.ip:<15} {f.handle}: {f.detail}" for f in r.findings] +
+                     ["ok: nothing leaked, no conflicts" if r.ok else
+                      f"{len(r.findings)} problem(s); `calico-lite ipam gc` releases leaks"])
+    _print(out, args.json, text)
+    return 0 if r.ok else 3
+
+
+def cmd_ipam_gc(args) -> int:
+    from calico_lite.ipam_check import gc
+    done = gc(_ds(args), args.grace)
+    for f in done:
+        print(f"released {f.ip} ({f.kind}, handle {f.handle})")
+    print(f"{len(done)} released")
     return 0
 
 
@@ -284,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hold-time", type=int, default=9)
     run.add_argument("--rack", default="")
     run.add_argument("--label", action="append", default=[])
+    run.add_argument("--block-release-grace", type=float, default=300.0,
+                     help="seconds a block stays empty before the node gives it back")
     run.set_defaults(fn=cmd_node_run)
     st = node.add_parser("status", help="BGP peers, blocks and routes of nodes")
     st.add_argument("node", nargs="?")
@@ -325,7 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     rel = ipam.add_parser("release")
     rel.add_argument("ip")
     rel.set_defaults(fn=cmd_ipam_release)
-    for sp in (show, rel):
+    chk = ipam.add_parser("check", help="report leaked addresses and conflicts (exit 3 if any)")
+    chk.add_argument("--json", action="store_true")
+    chk.set_defaults(fn=cmd_ipam_check)
+    gcp = ipam.add_parser("gc", help="release what `ipam check` reports as leaked")
+    gcp.set_defaults(fn=cmd_ipam_gc)
+    for sp in (chk, gcp):
+        sp.add_argument("--grace", type=float, default=60.0,
+                        help="ignore handles younger than this many seconds (ADDs in flight)")
+    for sp in (show, rel, chk, gcp):
         _datastore_args(sp)
 
     lab = sub.add_parser("lab", help="a whole cluster in network namespaces").add_subparsers(

@@ -8,6 +8,8 @@ node's block (the borrower announces it as a /32).
 """
 from __future__ import annotations
 
+import ipaddress
+import time
 from dataclasses import dataclass
 
 from calico_lite import keys
@@ -70,8 +72,11 @@ class Ipam:
         if existing:
             return existing
         attrs = attrs or {}
+        enabled = [p for p in list_pools(self.ds) if not p.disabled]
+        usable = lambda cidr: any(  # noqa: E731 - a block serves only while its pool is enabled
+            ipaddress.ip_network(cidr).subnet_of(p.network) for p in enabled)
         while True:  # own blocks first; claim another only when they are all full
-            for cidr in self.affine_blocks():
+            for cidr in filter(usable, self.affine_blocks()):
                 got = self._assign_in_block(cidr, handle, attrs, borrowed=False)
                 if got:
                     return got
@@ -79,12 +84,12 @@ class Ipam:
                 break
         if not self.strict_affinity:
             for e in self.ds.list(keys.BLOCKS):
-                got = self._assign_in_block(e.value["cidr"], handle, attrs, borrowed=True)
-                if got:
-                    return got
-        enabled = [p.cidr for p in list_pools(self.ds) if not p.disabled]
+                if usable(e.value["cidr"]):
+                    got = self._assign_in_block(e.value["cidr"], handle, attrs, borrowed=True)
+                    if got:
+                        return got
         raise PoolExhausted(f"no free address for node {self.node} in pools "
-                            f"{', '.join(enabled) or '(none enabled)'}")
+                            f"{', '.join(p.cidr for p in enabled) or '(none enabled)'}")
 
     def _assign_in_block(self, cidr: str, handle: str, attrs: dict, borrowed: bool) -> Assignment | None:
         key = keys.block(cidr)
@@ -102,7 +107,8 @@ class Ipam:
             a = Assignment(handle, block.address(offset), cidr, self.node, borrowed)
             if self.ds.txn([Op.unchanged(key, e.mod_revision), Op.absent(keys.handle(handle))],
                            [Op.put(key, block.to_dict()),
-                            Op.put(keys.handle(handle), {**a.to_dict(), **attrs})]):
+                            Op.put(keys.handle(handle),
+                                   {**a.to_dict(), **attrs, "created": time.time()})]):
                 return a
             if self.get(handle):  # a concurrent retry of the same ADD won
                 return self.get(handle)
@@ -143,6 +149,8 @@ class Ipam:
                 off = block.offset(a.ip)
                 if block.allocations.get(off) == handle:
                     del block.allocations[off]
+                    if not block.allocations:
+                        block.empty_since = time.time()
                     ops.append(Op.put(bkey, block.to_dict()))
                     cmp.append(Op.unchanged(bkey, b.mod_revision))
             if self.ds.txn(cmp, ops):
@@ -166,3 +174,22 @@ class Ipam:
                 return Assignment(handle, ip, block.cidr, block.affinity or "")
             return released
         return None
+
+    # --- housekeeping --------------------------------------------------------------------
+    def release_empty_blocks(self, grace: float, now: float | None = None) -> list[str]:
+        """Give up this node's blocks that have been empty for `grace` seconds, so other nodes
+        can claim them; CAS on the block, so an assignment racing with this wins."""
+        now = time.time() if now is None else now
+        released = []
+        for cidr in self.affine_blocks():
+            e = self.ds.get(keys.block(cidr))
+            if e is None:
+                self.ds.delete(keys.affinity(self.node, cidr))
+                continue
+            block = Block.from_dict(e.value)
+            if block.allocations or block.empty_since is None or now - block.empty_since < grace:
+                continue
+            if self.ds.txn([Op.unchanged(e.key, e.mod_revision)],
+                           [Op.delete(e.key), Op.delete(keys.affinity(self.node, cidr))]):
+                released.append(cidr)
+        return released

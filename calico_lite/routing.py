@@ -79,6 +79,8 @@ class RoutingController:
                               local_subnets=[self.settings.subnet],
                               local_addresses=[self.settings.local_address],
                               local_as=self.settings.local_as)
+        if not self.speaker.synced():
+            return  # an adopted ExaBGP is still replaying what it learned: keep kernel routes
         result = self.applier.apply(plan.routes)
         for err in result.errors:
             log.warning("route apply: %s", err)

@@ -16,8 +16,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin import link
-from plugin.errors import (CniError, CONTAINER_UNKNOWN, INVALID_CONFIG, INVALID_ENV,
-                           IO_FAILURE, NOT_READY)
+from plugin.errors import (CniError, CONTAINER_UNKNOWN, INCOMPATIBLE_VERSION, INVALID_CONFIG,
+                           INVALID_ENV, IO_FAILURE, NOT_READY)
 from plugin.netns import NetnsError, open_netns, run_in_netns
 from plugin.spec import Attachment, Request, add_result, version_result
 
@@ -85,8 +85,8 @@ def _add(req: Request, ctx: Context, pod_fd: int) -> dict:
     host = link.host_ifname(req.container_id, req.ifname)
     mtu = req.mtu or link.uplink_mtu(ctx.ipr) - ctx.backend.encap_overhead()
     if run_in_netns(req.netns, lambda: link.pod_interface_exists(req.ifname)):
-        raise CniError(INVALID_CONFIG, f"interface {req.ifname} already exists in {req.netns}",
-                       "a second ADD for one container and interface needs a DEL first")
+        raise CniError(INVALID_ENV, f"CNI_IFNAME: interface {req.ifname} already exists in "
+                       f"{req.netns}", "a second ADD for one container and interface needs a DEL first")
     with contextlib.ExitStack() as undo:
         ip = ctx.backend.assign(handle, {"namespace": namespace, "pod": pod,
                                          "containerID": req.container_id})
@@ -120,6 +120,9 @@ def cmd_del(req: Request, ctx: Context) -> dict | None:
 
 
 def cmd_check(req: Request, ctx: Context) -> dict | None:
+    if req.cni_version == "0.3.1":
+        raise CniError(INCOMPATIBLE_VERSION, "CHECK is not defined for cniVersion 0.3.1",
+                       "CHECK needs cniVersion 0.4.0 or later")
     prev = req.config.get("prevResult")
     if not prev:
         raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the network config")

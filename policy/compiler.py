@@ -60,11 +60,10 @@ class _Peers:
     has_cidr_peers: bool
     networks: list[ipaddress.IPv4Network]
 
-    def covers(self, ip: str) -> bool:
+    def covers(self, ip: str, addr: int) -> bool:
         if self.any or ip in self.pod_ips:
             return True
-        addr = ipaddress.IPv4Address(ip)
-        return any(addr in n for n in self.networks)
+        return any(int(n.network_address) <= addr <= int(n.broadcast_address) for n in self.networks)
 
 
 class _Cluster:
@@ -72,7 +71,14 @@ class _Cluster:
 
     def __init__(self, pods: Iterable[Pod], namespaces: Iterable[Namespace]):
         self.ns_labels = {n.name: Namespace(n.name, dict(n.labels)).labels for n in namespaces}
-        self.pods = [p for p in pods if p.ip and ipaddress.ip_address(p.ip).version == 4]
+        self.addr: dict[str, int] = {}
+        self.pods: list[Pod] = []
+        for p in pods:  # IPv4 pods only; a pod without a (valid) address yet cannot be a peer
+            try:
+                self.addr[p.ip] = int(ipaddress.IPv4Address(p.ip))
+            except ValueError:
+                continue
+            self.pods.append(p)
         self.by_ns: dict[str, list[Pod]] = {}
         for p in self.pods:
             self.by_ns.setdefault(p.namespace, []).append(p)
@@ -225,8 +231,10 @@ def _compile_rule(cluster: _Cluster, policy: NetworkPolicy, direction: str, inde
     if direction == EGRESS and named:
         # Named ports resolve on the destination: every peer pod that declares that port.
         elems = set()
-        for dst in cluster.pods:
-            if not peers.covers(dst.ip):
+        candidates = cluster.pods if peers.any or peers.networks else \
+            [p for p in cluster.pods if p.ip in peers.pod_ips]
+        for dst in candidates:
+            if not peers.covers(dst.ip, cluster.addr[dst.ip]):
                 continue
             for p in named:
                 number = _named_port(dst.ports, p.port, p.protocol)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """In-process nftables through libnftables.so.1 (ctypes): no `nft` process per change.
 
-A context's netlink socket belongs to the network namespace of the thread that created it, so
-create an Nft inside the namespace it should act on (the agent runs in the node's netns).
+A context opens its netlink socket when it is created (checked: nftables 1.0.6), so it acts on
+the network namespace of the thread that created it, whichever thread later calls `cmd`: create
+the Nft (or RulesetApplier) inside the namespace it should act on.
 """
 from __future__ import annotations
 

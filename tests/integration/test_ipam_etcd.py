@@ -115,3 +115,48 @@ def test_concurrent_assignments_across_nodes_never_hand_out_one_address_twice(ds
             assert b.address(off) not in owners
             owners[b.address(off)] = h
     assert len(owners) == 80
+
+
+def test_an_emptied_block_is_given_back_after_the_grace_period_only(ds):
+    small_pool(ds)
+    ipam = Ipam(ds, "n1")
+    ipam.assign("c1/eth0")
+    assert ipam.release_empty_blocks(grace=0) == []  # not empty
+    ipam.release("c1/eth0")
+    empty_since = Block.from_dict(ds.get(keys.block("10.244.0.0/30")).value).empty_since
+    assert ipam.release_empty_blocks(grace=3600, now=empty_since + 10) == []
+    assert ipam.release_empty_blocks(grace=3600, now=empty_since + 3601) == ["10.244.0.0/30"]
+    assert ds.get(keys.block("10.244.0.0/30")) is None and ipam.affine_blocks() == []
+    assert Ipam(ds, "n2").assign("d/eth0").block == "10.244.0.0/30"  # claimable again
+
+
+def test_gc_releases_leaks_but_never_an_address_in_use(ds, tmp_path):
+    from calico_lite.ipam_check import gc, load_and_check
+    small_pool(ds)
+    ipam = Ipam(ds, "n1")
+    live = ipam.assign("live/eth0")
+    netns = tmp_path / "netns-live"
+    netns.write_text("")
+    ds.put(keys.workload("n1", "live/eth0"), {"handle": "live/eth0", "netns": str(netns),
+                                             "namespace": "a", "pod": "live"})
+    leaked = ipam.assign("crashed/eth0")  # ADD that died before recording its workload
+    report = load_and_check(ds, grace=0)
+    assert [(f.kind, f.ip) for f in report.findings] == [("leaked-handle", leaked.ip)]
+    assert load_and_check(ds, grace=3600).ok  # too young to call a leak
+    done = gc(ds, grace=0)
+    assert [f.ip for f in done] == [leaked.ip]
+    assert ipam.get("live/eth0") == live and ipam.get("crashed/eth0") is None
+    assert load_and_check(ds, grace=0).ok
+
+
+def test_blocks_of_a_disabled_or_deleted_pool_hand_out_nothing_new(ds):
+    small_pool(ds)
+    ipam = Ipam(ds, "n1")
+    ipam.assign("a/eth0")
+    ds.put(keys.pool("p"), Pool("p", "10.244.0.0/28", block_size=30, disabled=True).to_dict())
+    ensure_pool(ds, Pool("q", "10.245.0.0/28", block_size=30))
+    assert ipam.assign("b/eth0").ip == "10.245.0.0"
+    ds.delete(keys.pool("q"))
+    with pytest.raises(PoolExhausted, match="none enabled"):
+        ipam.assign("c/eth0")
+    assert ipam.get("a/eth0").ip == "10.244.0.0"  # existing assignments stay

@@ -107,3 +107,11 @@ def test_show_neighbor_json_answer():
     assert parse_line(line) == NeighborList(peers=(("10.99.1.1", True), ("10.99.1.2", False)))
     with pytest.raises(MessageError):
         parse_line('[{"state": "up"}]')
+
+
+def test_adj_rib_in_v2_line_is_an_announcement():
+    line = ('{"peer": {"address": "10.99.1.1"}, "route": {"nlri": {"prefix": "10.244.2.0/26", '
+            '"nexthop": "10.99.1.12", "family": {"afi": "ipv4", "safi": "unicast"}}, "attributes": '
+            '{"origin": "igp", "as-path": {"0": {"element": "as-sequence", "value": [65001, 64602]}}}}}')
+    path = LearnedPath("10.99.1.12", "10.99.1.1", (65001, 64602))
+    assert parse_line(line) == Update(peer="10.99.1.1", announced=(("10.244.2.0/26", path),))

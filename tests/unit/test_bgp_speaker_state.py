@@ -96,3 +96,22 @@ def test_without_relay_commands_wait_for_the_connection(speaker):
     sp._drop_connection()
     sp.announce({"10.244.1.0/26"})
     assert sp.announced() == {"10.244.1.0/26"}
+
+
+def test_adopted_resync_reads_rib_then_neighbours_again(speaker):
+    sp, conn, _ = speaker
+    sp._resyncing = True
+    sp._refresh = {"10.99.1.1", "10.99.1.2"}
+    assert not sp.synced()
+    neighbours = '[{"state": "up", "peer": {"address": "10.99.1.1"}}, {"state": "down", "peer": {"address": "10.99.1.2"}}]'
+    assert feed(sp, neighbours)          # peer state learned from the answer
+    assert sent(conn) == ["show adj-rib in json", "show neighbor json"]
+    assert not sp.synced()
+    rib = ('{"peer": {"address": "10.99.1.1"}, "route": {"nlri": {"prefix": "10.244.2.0/26", '
+           '"nexthop": "10.99.1.12", "family": {"afi": "ipv4", "safi": "unicast"}}, "attributes": {}}}')
+    assert feed(sp, rib)
+    feed(sp, "done")
+    assert not sp.synced(), "an ack is no proof: the relay may hold the old agent's acks"
+    assert feed(sp, neighbours)
+    assert sp.synced() and set(sp.learned()) == {"10.244.2.0/26"}
+    assert [s.state for s in sp.peers()] == ["Established", "Idle"]
