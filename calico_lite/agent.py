@@ -26,6 +26,7 @@ from calico_lite.cache import Cache
 from calico_lite.cni_backend import ENCAP_OVERHEAD, DatastoreBackend
 from calico_lite.datastore import Datastore, DatastoreUnavailable
 from calico_lite.ipam import ensure_pool
+from calico_lite.policy_sync import PolicyController
 from calico_lite.routing import BgpSettings, RoutingController
 from plugin import cni
 from plugin.link import write_sysctl
@@ -102,6 +103,9 @@ class NodeAgent:
         self.routing = RoutingController(
             self.cache, cfg.node, cfg.bgp, cfg.run_dir / "bgp",
             publish=lambda status: self.ds.put(keys.status(cfg.node), status))
+        self.policy = PolicyController(
+            self.cache, cfg.node, [cfg.address],
+            publish=lambda status: self.ds.put(keys.policy_status(cfg.node), status))
         self.netlink: NetlinkPool | None = None
         self.server: CniServer | None = None
         self.threads: list[threading.Thread] = []
@@ -130,6 +134,7 @@ class NodeAgent:
         self.server = CniServer(self.cfg.cni_socket, self.handle_cni)
         self.server.start()
         self._spawn("routing", self.routing.run)
+        self._spawn("policy", self.policy.run)
         self._spawn("ipam-housekeeping", self.housekeeping)
         log.info(json.dumps({"event": "agent-ready", "node": self.cfg.node,
                              "socket": str(self.cfg.cni_socket), "pid": os.getpid()}))

@@ -17,6 +17,10 @@ log = logging.getLogger("calico-lite.cache")
 
 
 class Cache:
+    # reports the agents write about themselves: outputs, not inputs, so not cached (a
+    # controller publishing its status must not wake itself up)
+    IGNORED = (keys.STATUS, keys.POLICY_STATUS)
+
     def __init__(self, ds: Datastore, prefix: str = keys.ROOT):
         self.ds = ds
         self.prefix = prefix
@@ -24,6 +28,7 @@ class Cache:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._generation = 0
+        self.revision = 0  # the store revision the cached data reflects (at least)
         self._resync = threading.Event()
         self._stop = threading.Event()
         self._watch_id: int | None = None
@@ -67,12 +72,16 @@ class Cache:
         if changes is None:
             self._resync.set()
             return
+        relevant = [c for c in changes if not c.key.startswith(self.IGNORED)]
+        if not relevant:
+            return
         with self._cond:
-            for c in changes:
+            for c in relevant:
                 if c.value is None:
                     self._data.pop(c.key, None)
                 else:
                     self._data[c.key] = c.value
+                self.revision = max(self.revision, c.mod_revision)
             self._bump()
 
     def _sync_loop(self) -> None:
@@ -85,7 +94,9 @@ class Cache:
                     self.ds.cancel_watch(self._watch_id)
                 entries, rev = self.ds.snapshot(self.prefix)
                 with self._cond:
-                    self._data = {e.key: e.value for e in entries}
+                    self._data = {e.key: e.value for e in entries
+                                  if not e.key.startswith(self.IGNORED)}
+                    self.revision = max(self.revision, rev)
                     self._bump()
                 self._resync.clear()
                 self._watch_id = self.ds.watch(self.prefix, self._apply, start_revision=rev + 1)

@@ -169,6 +169,63 @@ def cmd_ipam_gc(args) -> int:
     return 0
 
 
+# --- policy ----------------------------------------------------------------------------
+def cmd_policy_apply(args) -> int:
+    from calico_lite.datastore import Op
+    from policy.manifests import parse_manifests, policy_to_dict
+    source = "<stdin>" if args.filename == "-" else args.filename
+    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    policies = parse_manifests(text, source)  # all or nothing: a bad document applies none
+    ds = _ds(args)
+    ds.txn([], [Op.put(keys.k8s_policy(p.namespace, p.name), policy_to_dict(p)) for p in policies])
+    for p in policies:
+        print(f"networkpolicy.networking.k8s.io/{p.name} configured (namespace {p.namespace})")
+    return 0
+
+
+def _stored_policies(args) -> list[dict]:
+    prefix = keys.K8S_POLICIES + (f"{args.namespace}/" if args.namespace else "")
+    return [e.value for e in _ds(args).list(prefix)]
+
+
+def cmd_policy_get(args) -> int:
+    docs = _stored_policies(args)
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}, indent=2))
+    elif args.output == "yaml":
+        import yaml
+        print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    else:
+        print(f"{'NAMESPACE':<16} {'NAME':<28} POD-SELECTOR")
+        for d in docs:
+            sel = d["spec"].get("podSelector") or {}
+            print(f"{d['metadata']['namespace']:<16} {d['metadata']['name']:<28} "
+                  f"{json.dumps(sel.get('matchLabels', sel)) if sel else '<all>'}")
+    return 0
+
+
+def cmd_policy_delete(args) -> int:
+    ns, name = _split_ref(args.policy)
+    if not _ds(args).delete(keys.k8s_policy(ns, name)):
+        raise LookupError(f"networkpolicy {ns}/{name} not found")
+    print(f"networkpolicy.networking.k8s.io/{name} deleted (namespace {ns})")
+    return 0
+
+
+def cmd_policy_explain(args) -> int:
+    from calico_lite.policy_inputs import inputs_from
+    from policy.explain import explain, format_explanation
+    ns, name = _split_ref(args.pod)
+    ds = _ds(args)
+    policies, pods, namespaces = inputs_from(lambda prefix: {e.key: e.value for e in ds.list(prefix)}, None)
+    pod = next((p for p in pods if p.namespace == ns and p.name == name), None)
+    if pod is None:
+        raise LookupError(f"pod {ns}/{name} not found (no workload with that name)")
+    e = explain(pod, policies, pods, namespaces)
+    _print(e, args.json, format_explanation(e))
+    return 0
+
+
 # --- lab -------------------------------------------------------------------------------
 def _lab(args):
     from calico_lite.lab.lab import Lab
@@ -263,8 +320,12 @@ def cmd_lab_exec(args) -> int:
 
 
 def cmd_lab_wait(args) -> int:
-    _lab(args).wait_converged(args.timeout)
+    lab = _lab(args)
+    lab.wait_converged(args.timeout)
     print("converged: every node routes every pod block")
+    if args.policy:
+        took = lab.wait_policy(args.timeout)
+        print(f"policy enforced on every node ({took * 1000:.0f} ms)")
     return 0
 
 
@@ -361,6 +422,24 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (show, rel, chk, gcp):
         _datastore_args(sp)
 
+    pol = sub.add_parser("policy", help="Kubernetes NetworkPolicy").add_subparsers(dest="sub", required=True)
+    pap = pol.add_parser("apply", help="apply the manifests `kubectl apply -f` takes")
+    pap.add_argument("-f", "--filename", required=True, help="FILE or - for stdin")
+    pap.set_defaults(fn=cmd_policy_apply)
+    pget = pol.add_parser("get")
+    pget.add_argument("-n", "--namespace")
+    pget.add_argument("-o", "--output", choices=["yaml", "json"])
+    pget.set_defaults(fn=cmd_policy_get)
+    pdl = pol.add_parser("delete")
+    pdl.add_argument("policy", help="NAMESPACE/NAME")
+    pdl.set_defaults(fn=cmd_policy_delete)
+    pex = pol.add_parser("explain", help="which policies select a pod and what they allow")
+    pex.add_argument("pod", help="NAMESPACE/POD")
+    pex.add_argument("--json", action="store_true")
+    pex.set_defaults(fn=cmd_policy_explain)
+    for sp in (pap, pget, pdl, pex):
+        _datastore_args(sp)
+
     lab = sub.add_parser("lab", help="a whole cluster in network namespaces").add_subparsers(
         dest="sub", required=True)
 
@@ -405,8 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex = lab_cmd("exec", cmd_lab_exec, "run a command in a pod")
     ex.add_argument("pod")
     ex.add_argument("argv", nargs="*", help="-- COMMAND ...")
-    lab_cmd("wait", cmd_lab_wait, "wait until every node routes every pod block").add_argument(
-        "--timeout", type=float, default=30.0)
+    wt = lab_cmd("wait", cmd_lab_wait, "wait until every node routes every pod block")
+    wt.add_argument("--timeout", type=float, default=30.0)
+    wt.add_argument("--policy", action="store_true",
+                    help="also until every node enforces the policies in the datastore")
     pr = lab_cmd("probe", cmd_lab_probe, "every pod to every other pod")
     pr.add_argument("--port", type=int, default=80)
     pr.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")

@@ -105,8 +105,10 @@ class Datastore:
         rows = self._call(lambda: list(self._client.get_prefix(prefix)))
         return [Entry(m.key.decode(), json.loads(v), m.mod_revision) for v, m in rows]
 
-    def put(self, key: str, value: Any) -> None:
-        self._call(self._client.put, key, json.dumps(value, sort_keys=True))
+    def put(self, key: str, value: Any) -> int:
+        """Write key; returns the store revision of the write."""
+        resp = self._call(self._client.put, key, json.dumps(value, sort_keys=True))
+        return resp.header.revision
 
     def create(self, key: str, value: Any) -> bool:
         """Put only if absent; True if this call created it."""

@@ -69,3 +69,14 @@ STATUS = ROOT + "status/"
 def status(node_name: str) -> str:
     """What a node's agent reports about itself (BGP peers, routes), like CalicoNodeStatus."""
     return STATUS + node_name
+
+
+POLICY_STATUS = ROOT + "policystatus/"
+
+
+def policy_status(node_name: str) -> str:
+    """The policy controller's last sync on that node (generation, timings, errors)."""
+    return POLICY_STATUS + node_name
+
+
+BARRIER = ROOT + "sync/barrier"  # written to make every agent's cache (and controllers) catch up

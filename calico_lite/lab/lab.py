@@ -158,7 +158,7 @@ class Lab:
                 "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
                 "--initial-cluster", f"{self.name}=http://127.0.0.1:2380",
                 "--heartbeat-interval", "10", "--election-timeout", "100",
-                "--log-level", "warn"]
+                "--max-txn-ops", "10000", "--log-level", "warn"]
         pid = pl.spawn(plan.cp_netns, argv, d / "etcd.log")
         self.store.add_pid("etcd", pid)
         deadline = time.monotonic() + 30
@@ -242,6 +242,27 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(f"routes not converged after {timeout:.0f}s on {', '.join(lagging)}")
             time.sleep(0.1)
+
+    def wait_policy(self, timeout: float = 30.0) -> float:
+        """Until every agent has enforced everything in the datastore as of now; returns the
+        seconds it took. A barrier write makes each agent's policy controller run once more,
+        and its published revision tells when it has."""
+        ds = self.datastore()
+        start = time.monotonic()
+        barrier = ds.put(keys.BARRIER, {"at": time.time()})
+        pending = {n.name for n in self.plan.nodes}
+        while pending:
+            for name in list(pending):
+                e = ds.get(keys.policy_status(name))
+                if e and e.value.get("revision", 0) >= barrier:
+                    if e.value.get("error"):
+                        raise LabError(f"policy on {name} not applied: {e.value['error']}")
+                    pending.discard(name)
+            if pending and time.monotonic() - start > timeout:
+                raise LabError(f"policy not enforced after {timeout:.0f}s on {', '.join(sorted(pending))}")
+            if pending:
+                time.sleep(0.02)
+        return time.monotonic() - start
 
     # --- down ----------------------------------------------------------------------------
     def down(self) -> list[str]:
