@@ -20,6 +20,7 @@ class PeerConfig:
     passive: bool = False        # never connect out; wait for the peer (needs listen=True)
     md5_password: str | None = None
     description: str = ""
+    route_reflector_client: bool = False   # we reflect to it (only if we have a cluster_id)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class SpeakerConfig:
     peers: list[PeerConfig] = field(default_factory=list)
     listen: bool = False         # bind local_address:port for incoming sessions (node mesh)
     port: int = 179
+    graceful_restart: int = 0    # restart time advertised (RFC 4724 capability); 0: none
+    cluster_id: str = ""         # set: this node is a route reflector (bgp.reflect)
 
     def __post_init__(self) -> None:
         for what, value in (("router_id", self.router_id), ("local_address", self.local_address)):
@@ -52,6 +55,15 @@ class SpeakerConfig:
             if not 0 <= p.hold_time <= 65535 or 0 < p.hold_time < 3:
                 raise ValueError(f"SpeakerConfig: peer {p.address} hold_time {p.hold_time} "
                                  "must be 0 or 3..65535")
+        if not 0 <= self.graceful_restart <= 4095:
+            raise ValueError(f"SpeakerConfig: graceful_restart {self.graceful_restart} must be "
+                             "0..4095 seconds")
+        if self.cluster_id:
+            try:
+                ipaddress.IPv4Address(self.cluster_id)
+            except ValueError as e:
+                raise ValueError(f"SpeakerConfig.cluster_id: {self.cluster_id!r} is not an "
+                                 "IPv4 address") from e
 
 
 PROCESS_NAME = "calico-lite-relay"
@@ -89,9 +101,10 @@ def render_config(cfg: SpeakerConfig, relay_command: list[str]) -> str:
             out.append("    passive true;")
         if p.md5_password:
             out.append(f"    md5-password \"{_safe(p.md5_password)}\";")
+        out += ["    capability {", "        route-refresh;"]
+        if cfg.graceful_restart:
+            out.append(f"        graceful-restart {cfg.graceful_restart};")
         out += [
-            "    capability {",
-            "        route-refresh;",
             "    }",
             "    family {",
             "        ipv4 unicast;",

@@ -142,8 +142,10 @@ def _rib_entry(msg: dict, text: str) -> Update:
     _check_ip(next_hop, text)
     attributes = msg["route"].get("attributes", {})
     as_path = parse_as_path(attributes.get("as-path", []) if isinstance(attributes, dict) else [])
+    originator, clusters = _reflection(attributes)
     (prefix,) = _prefixes([_str(nlri, "prefix", text)], text)
-    return Update(peer=peer, announced=((prefix, LearnedPath(next_hop, peer, as_path)),))
+    return Update(peer=peer, announced=((prefix, LearnedPath(next_hop, peer, as_path,
+                                                             originator, clusters)),))
 
 
 def _neighbor_list(text: str) -> NeighborList:
@@ -158,6 +160,7 @@ def _neighbor_list(text: str) -> NeighborList:
 def _update(peer: str, update: dict, text: str) -> Update:
     attributes = update.get("attribute", {})
     as_path = parse_as_path(attributes.get("as-path", []) if isinstance(attributes, dict) else [])
+    originator, clusters = _reflection(attributes)
     announced: list[tuple[str, LearnedPath]] = []
     by_next_hop = update.get("announce", {}).get(FAMILY, {})
     if not isinstance(by_next_hop, dict):
@@ -165,9 +168,23 @@ def _update(peer: str, update: dict, text: str) -> Update:
     for next_hop, nlris in by_next_hop.items():
         _check_ip(next_hop, text)
         for prefix in _prefixes(nlris, text):
-            announced.append((prefix, LearnedPath(next_hop=next_hop, peer=peer, as_path=as_path)))
+            announced.append((prefix, LearnedPath(next_hop=next_hop, peer=peer, as_path=as_path,
+                                                  originator_id=originator,
+                                                  cluster_list=clusters)))
     withdrawn = _prefixes(update.get("withdraw", {}).get(FAMILY, []), text)
     return Update(peer=peer, announced=tuple(announced), withdrawn=tuple(withdrawn))
+
+
+def _reflection(attributes) -> tuple[str, tuple[str, ...]]:
+    """ORIGINATOR_ID and CLUSTER_LIST of a reflected path ('' and () when absent)."""
+    if not isinstance(attributes, dict):
+        return "", ()
+    originator = attributes.get("originator-id", "")
+    clusters = attributes.get("cluster-list", [])
+    if isinstance(clusters, str):
+        clusters = clusters.strip("[] ").split()
+    return (str(originator) if originator else "",
+            tuple(str(c) for c in clusters) if isinstance(clusters, list | tuple) else ())
 
 
 def parse_as_path(value) -> tuple[int, ...]:

@@ -11,6 +11,8 @@ class LearnedPath:
     next_hop: str
     peer: str
     as_path: tuple[int, ...] = ()
+    originator_id: str = ""               # set by a route reflector (RFC 4456)
+    cluster_list: tuple[str, ...] = ()    # reflectors the path went through, nearest first
 
 
 @dataclass(frozen=True)
@@ -24,11 +26,37 @@ class PeerState:
     received: int = 0            # prefixes currently learned from this peer
     sent: int = 0                # prefixes we announce to it (0 unless Established)
     reason: str = ""             # why the session last went down
+    description: str = ""        # where the peer comes from (mesh, a BGPPeer name, ...)
 
 
 @dataclass(frozen=True)
 class Route:
-    """A kernel route to program: one prefix, one or more (ECMP) next hops."""
+    """A kernel route to program: one prefix, one or more (ECMP) next hops.
+
+    encap "none" is a plain route via the next hops; "ipip" goes `via NODE dev tunl0 onlink`,
+    "vxlan" goes `via REMOTE-VTEP-IP dev vxlan.calico onlink` (next_hops then hold VTEP IPs).
+    """
 
     prefix: str
     next_hops: tuple[str, ...] = field(default=())
+    encap: str = "none"
+
+
+@dataclass(frozen=True)
+class PoolEncap:
+    """How an IP pool wants its prefixes carried: encapsulation none|ipip|vxlan and mode
+    Never|Always|CrossSubnet (Calico's semantics)."""
+
+    cidr: str
+    encapsulation: str = "none"
+    mode: str = "Never"
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    """Another node as the encapsulation needs it: its underlay address and, for VXLAN,
+    the VTEP (tunnel) address and MAC it published."""
+
+    address: str
+    vtep_ip: str = ""
+    vtep_mac: str = ""

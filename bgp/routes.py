@@ -10,13 +10,16 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .model import LearnedPath, Route
+from .encap import DEVICES, NOT_ON_LINK, as_pools, choose_encap, gateway_for, pool_for
+from .model import LearnedPath, PoolEncap, RemoteNode, Route
 
 __all__ = ["PROTO", "LearnedPath", "Route", "Skipped", "RoutePlan", "ApplyResult",
            "desired_routes", "RouteApplier"]
 
 PROTO = 88          # `ip route show proto 88`; unassigned in /etc/iproute2/rt_protos
 MAIN_TABLE = 254
+RTNH_F_ONLINK = 4   # the gateway is on the device's link even without a covering subnet
+_ENCAP_OF_DEVICE = {dev: encap for encap, dev in DEVICES.items()}
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,28 @@ def desired_routes(
     *,
     local_addresses: Iterable[str] = (),
     local_as: int | None = None,
+    pools: Iterable[PoolEncap | tuple[str, str, str]] = (),
+    remotes: Mapping[str, RemoteNode] | None = None,
+    supported_encaps: Iterable[str] = ("none", "ipip", "vxlan"),
 ) -> RoutePlan:
     """Choose the kernel routes for what BGP learned.
 
     - A prefix we own is never installed (eBGP and route reflectors echo it back).
-    - A path whose next hop is not on a local subnet is skipped (encapsulation is not this
-      function's business), as is one whose next hop is our own address or whose AS path
-      holds our AS (a loop).
-    - Of the usable paths, those with the shortest AS path win; their distinct next hops
-      make one ECMP route.
+    - A path whose next hop is our own address or whose AS path holds our AS (a loop) is
+      skipped.
+    - The pool covering the prefix decides the encapsulation per next hop (bgp.encap):
+      plain when on a local subnet, IPIP/VXLAN as its mode says, skipped when the mode
+      forbids it, the kernel lacks the encapsulation (`supported_encaps`) or, for VXLAN,
+      the next hop's node (`remotes`, keyed by node address) published no VTEP.
+    - Of the usable paths, those with the shortest AS path win; their distinct gateways
+      make one ECMP route, preferring plain gateways over encapsulated ones.
     """
     own = {_net(p) for p in own_prefixes}
     subnets = [_net(s) for s in local_subnets]
     mine = {str(ipaddress.IPv4Address(a)) for a in local_addresses}
+    pool_list = as_pools(pools)
+    remotes = remotes or {}
+    supported = set(supported_encaps) | {"none"}
     plan = RoutePlan()
     for prefix in sorted(learned, key=_sort_key):
         net = _net(prefix)
@@ -72,24 +84,35 @@ def desired_routes(
         if net in own:
             plan.skipped += [Skipped(str(net), p.next_hop, "own prefix") for p in paths]
             continue
-        usable: list[LearnedPath] = []
+        pool = pool_for(net, pool_list)
+        usable: list[tuple[LearnedPath, str, str]] = []  # (path, encap, gateway)
         for p in paths:
-            reason = _unusable(p, subnets, mine, local_as)
+            reason = _unusable(p, mine, local_as)
+            if not reason:
+                on_link = any(ipaddress.IPv4Address(p.next_hop) in s for s in subnets)
+                encap = choose_encap(on_link, pool)
+                if encap is None:
+                    reason = NOT_ON_LINK
+                else:
+                    gateway, reason = gateway_for(encap, p.next_hop, remotes, supported)
             if reason:
                 plan.skipped.append(Skipped(str(net), p.next_hop, reason))
             else:
-                usable.append(p)
+                usable.append((p, encap, gateway))
         if not usable:
             continue
-        best = min(len(p.as_path) for p in usable)
-        hops = sorted({p.next_hop for p in usable if len(p.as_path) == best},
-                      key=lambda a: ipaddress.IPv4Address(a))
-        plan.routes.append(Route(prefix=str(net), next_hops=tuple(hops)))
+        best = min(len(p.as_path) for p, _, _ in usable)
+        shortest = [(e, g) for p, e, g in usable if len(p.as_path) == best]
+        encap = min((e for e, _ in shortest), key=_ENCAP_PREFERENCE.index)
+        hops = sorted({g for e, g in shortest if e == encap}, key=ipaddress.IPv4Address)
+        plan.routes.append(Route(prefix=str(net), next_hops=tuple(hops), encap=encap))
     return plan
 
 
-def _unusable(p: LearnedPath, subnets: list[ipaddress.IPv4Network], mine: set[str],
-              local_as: int | None) -> str:
+_ENCAP_PREFERENCE = ("none", "ipip", "vxlan")
+
+
+def _unusable(p: LearnedPath, mine: set[str], local_as: int | None) -> str:
     try:
         hop = ipaddress.IPv4Address(p.next_hop)
     except ValueError:
@@ -98,8 +121,6 @@ def _unusable(p: LearnedPath, subnets: list[ipaddress.IPv4Network], mine: set[st
         return "next hop is this node"
     if local_as is not None and local_as in p.as_path:
         return f"AS path {list(p.as_path)} holds our AS {local_as}"
-    if not any(hop in s for s in subnets):
-        return "next hop not on a local subnet"
     return ""
 
 
@@ -145,28 +166,36 @@ class RouteApplier:
 
     def current(self) -> dict[str, tuple[str, ...]]:
         """Our routes now in the kernel: prefix -> sorted next hops."""
+        return {prefix: r.next_hops for prefix, r in self.current_routes().items()}
+
+    def current_routes(self) -> dict[str, Route]:
+        """Our routes now in the kernel, with the encapsulation their device implies."""
         with self._ipr() as ipr:
             return self._dump(ipr)[0]
 
     def apply(self, routes: Iterable[Route]) -> ApplyResult:
+        """Encapsulated routes need their device (tunl0, vxlan.calico) to exist already."""
         from pyroute2 import NetlinkError
 
-        want = {str(_net(r.prefix)): tuple(sorted(set(r.next_hops), key=ipaddress.IPv4Address))
+        want = {str(_net(r.prefix)): Route(str(_net(r.prefix)), _sorted_hops(r.next_hops), r.encap)
                 for r in routes if r.next_hops}
         result = ApplyResult()
         with self._ipr() as ipr:
             ours, foreign = self._dump(ipr)
-            for prefix, hops in want.items():
+            devices = {name: idx for idx, name in _links(ipr).items()}
+            for prefix, route in want.items():
                 if prefix in foreign:
                     result.conflicts.append(prefix)
                     continue
                 existing = ours.get(prefix)
-                if existing == hops:
+                if existing == route:
                     continue
+                what = f"replace {prefix} via {','.join(route.next_hops)}"
                 try:
-                    ipr.route("replace", **self._spec(prefix, hops))
-                except NetlinkError as e:
-                    result.errors.append(f"replace {prefix} via {','.join(hops)}: {e}")
+                    spec = self._spec(route, devices)
+                    ipr.route("replace", **spec)
+                except (NetlinkError, LookupError) as e:
+                    result.errors.append(f"{what} (encap {route.encap}): {e}")
                     continue
                 (result.replaced if existing else result.added).append(prefix)
             for prefix in ours:
@@ -182,18 +211,27 @@ class RouteApplier:
         """Delete every route with our proto (in our table); returns the prefixes removed."""
         return self.apply([]).deleted
 
-    def _spec(self, prefix: str, hops: tuple[str, ...]) -> dict:
-        spec = {"dst": prefix, "proto": self.proto, "table": self.table}
-        if len(hops) == 1:
-            spec["gateway"] = hops[0]
+    def _spec(self, route: Route, devices: dict[str, int]) -> dict:
+        spec: dict = {"dst": route.prefix, "proto": self.proto, "table": self.table}
+        hop: dict = {}
+        if route.encap != "none":
+            dev = DEVICES.get(route.encap)
+            if dev is None:
+                raise LookupError(f"unknown encapsulation {route.encap!r}")
+            if dev not in devices:
+                raise LookupError(f"device {dev} does not exist")
+            hop = {"oif": devices[dev], "flags": RTNH_F_ONLINK}
+        if len(route.next_hops) == 1:
+            spec.update(gateway=route.next_hops[0], **hop)
         else:
-            spec["multipath"] = [{"gateway": h} for h in hops]
+            spec["multipath"] = [{"gateway": h, **hop} for h in route.next_hops]
         return spec
 
-    def _dump(self, ipr) -> tuple[dict[str, tuple[str, ...]], set[str]]:
-        """Our unicast routes in our table (prefix -> next hops) and the prefixes of others."""
-        ours: dict[str, tuple[str, ...]] = {}
+    def _dump(self, ipr) -> tuple[dict[str, Route], set[str]]:
+        """Our unicast routes in our table (prefix -> Route) and the prefixes of others."""
+        ours: dict[str, Route] = {}
         foreign: set[str] = set()
+        encap_of = {idx: _ENCAP_OF_DEVICE.get(name, "none") for idx, name in _links(ipr).items()}
         for r in ipr.route("dump", family=socket.AF_INET, table=self.table):
             prefix = f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}"
             if r["proto"] != self.proto:
@@ -201,16 +239,28 @@ class RouteApplier:
                     foreign.add(prefix)
                 continue
             hops = [r.get("gateway")] if r.get("gateway") else []
+            oifs = [r.get("oif")] if r.get("gateway") else []
             for nh in r.get("multipath") or ():
                 gw = dict(nh.get("attrs", ())).get("RTA_GATEWAY") if isinstance(nh, dict) else None
                 if gw is None and hasattr(nh, "get_attr"):
                     gw = nh.get_attr("RTA_GATEWAY")
                 if gw:
                     hops.append(gw)
-            ours[prefix] = tuple(sorted(hops, key=ipaddress.IPv4Address))
+                    oifs.append(nh.get("oif"))
+            encaps = {encap_of.get(i, "none") for i in oifs} or {"none"}
+            encap = encaps.pop() if len(encaps) == 1 else "mixed"  # never equal to a wanted Route
+            ours[prefix] = Route(prefix, _sorted_hops(hops), encap)
         return ours, foreign
 
     @staticmethod
     def _ipr():
         from pyroute2 import IPRoute  # costs ~300 ms: only where routes are written
         return IPRoute()
+
+
+def _sorted_hops(hops: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(hops), key=ipaddress.IPv4Address))
+
+
+def _links(ipr) -> dict[int, str]:
+    return {link["index"]: link.get("ifname") for link in ipr.get_links()}

@@ -30,9 +30,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import PeerConfig, SpeakerConfig, exabgp_env, render_config
-from .messages import (Ack, MessageError, NeighborList, Notification, Other, PeerStateChange,
-                       Shutdown, Update, parse_line)
+from .messages import (Ack, EndOfRib, MessageError, NeighborList, Notification, Other,
+                       PeerStateChange, Shutdown, Update, parse_line)
 from .model import LearnedPath, PeerState
+from .reflect import (Reflected, ReflectPeer, announce_command, reflection_plan,
+                      withdraw_command)
 
 __all__ = ["Speaker", "SpeakerConfig", "PeerConfig", "PeerState", "LearnedPath", "SpeakerError"]
 
@@ -41,6 +43,7 @@ log = logging.getLogger("bgp.speaker")
 SOCKET_NAME = "relay.sock"
 CONFIG_NAME = "exabgp.conf"
 PID_NAME = "exabgp.pid"
+ENV_NAME = "exabgp.env.json"   # the environment it was started with (adoption compares it)
 UNIX_PATH_MAX = 107
 
 
@@ -94,6 +97,11 @@ class Speaker:
             for p in cfg.peers}
         self._threads: list[threading.Thread] = []
         self._spawn_error: Exception | None = None
+        self._reflected: dict[str, dict[str, Reflected]] = {}   # peer -> prefix -> sent
+        self._resync_deadline = 0.0             # restarted ExaBGP: keep routes until then
+        self._eor: set[str] = set()             # peers that sent End-of-RIB since (re)start
+        self._replacing = False                 # we stop ExaBGP to apply a new config
+        self.reconfigurations = 0
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -105,14 +113,19 @@ class Speaker:
             raise SpeakerError(f"socket path too long for AF_UNIX ({len(str(self.socket_path))} "
                                f"> {UNIX_PATH_MAX}): {self.socket_path}")
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        relay = [self.python, "-I", "-S", str(Path(__file__).with_name("relay.py")),
-                 str(self.socket_path)]
-        text = render_config(self.cfg, relay)
-        self._adopted = self._adoptable(text)
+        text = render_config(self.cfg, self._relay_command())
+        self._adopted, same = self._adoptable(text)
         self._resyncing = self._adopted is not None   # until the relay is back and has told us
         if self._adopted is None:
             self._kill_stale()
             self.config_path.write_text(text)
+        elif not same:   # the peers changed while no agent ran: reload, keep the sessions
+            self.config_path.write_text(text)
+            log.info("bgp adopting exabgp pid=%s with a new configuration (reload)", self._adopted)
+            try:
+                os.kill(self._adopted, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
         self.socket_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -166,6 +179,71 @@ class Speaker:
         if changed:
             self._notify()
 
+    def detach(self) -> None:
+        """Stop talking to ExaBGP but leave it running, sessions and routes included, for
+        the next Speaker on this workdir to adopt (an agent restart or upgrade: the peers
+        never notice). Learned state is kept in memory and nobody is notified."""
+        self._stopping.set()
+        for t in self._threads:
+            if t.name != "bgp-supervise":       # it may sit in proc.wait(): leave it
+                t.join(timeout=self.stop_timeout + 2)
+        self._threads = []
+        with self._lock:
+            self._drop_connection()
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        self.socket_path.unlink(missing_ok=True)
+        log.info("bgp speaker detached; exabgp pid=%s keeps running", self.exabgp_pid)
+
+    def reconfigure(self, cfg: SpeakerConfig) -> str:
+        """Apply a new configuration to the running ExaBGP: 'unchanged', 'reloaded'
+        (SIGUSR1: peers added or removed, changed peers re-established, the others keep
+        their sessions) or 'restarted' (our address, port or listening changed: a new
+        ExaBGP, with our kernel routes kept until it has re-learned them)."""
+        with self._lock:
+            if cfg == self.cfg:
+                return "unchanged"
+            old, self.cfg = self.cfg, cfg
+            now = time.time()
+            wanted = {p.address: p for p in cfg.peers}
+            for addr in list(self._peers):
+                if addr not in wanted:
+                    del self._peers[addr]
+                    self._learned.pop(addr, None)
+                    self._reflected.pop(addr, None)
+            for p in cfg.peers:
+                s = self._peers.get(p.address)
+                if s is None:
+                    self._peers[p.address] = PeerState(address=p.address, peer_as=p.peer_as,
+                                                       since=now)
+                elif s.peer_as != p.peer_as:
+                    self._peers[p.address] = _replace(s, peer_as=p.peer_as)
+            self.reconfigurations += 1
+            if not self._threads:
+                return "unchanged"                   # not started: start() writes it
+            self.config_path.write_text(render_config(cfg, self._relay_command()))
+            pid = self._current_pid()
+            restart = (old.local_address, old.listen, old.port) != (
+                cfg.local_address, cfg.listen, cfg.port)
+            if restart:
+                self._replacing = True
+                self._keep_routes_while_restarting()
+            self._reflect()
+        log.info("bgp reconfigure: %s peers=%s", "restart" if restart else "reload",
+                 [p.address for p in cfg.peers])
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM if restart else signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        self._notify()
+        return "restarted" if restart else "reloaded"
+
+    def _relay_command(self) -> list[str]:
+        return [self.python, "-I", "-S", str(Path(__file__).with_name("relay.py")),
+                str(self.socket_path)]
+
     @property
     def exabgp_pid(self) -> int | None:
         with self._lock:
@@ -210,7 +288,33 @@ class Speaker:
         """False while an adopted ExaBGP's learned paths are being read back: until then
         learned() is incomplete and must not be used to delete kernel routes."""
         with self._lock:
+            if self._resyncing and self._resync_deadline and time.monotonic() > self._resync_deadline:
+                log.warning("bgp graceful restart: not every peer re-sent its routes in time; "
+                            "using what was learned")
+                self._resyncing = False
+                self._resync_deadline = 0.0
             return not self._resyncing
+
+    def _keep_routes_while_restarting(self) -> None:
+        """Our own graceful restart (lock held): ExaBGP is gone and what it learned with it,
+        but the kernel routes stay (synced() is False) until every peer is Established again
+        and has sent End-of-RIB, or the restart time is over."""
+        self._resyncing = True
+        self._eor = set()
+        self._reflected = {}
+        grace = self.cfg.graceful_restart or 10
+        self._resync_deadline = time.monotonic() + grace + self.restart_delay
+
+    def _check_resynced(self) -> bool:
+        """After a restart: True (and synced) once every peer is back and sent End-of-RIB."""
+        if not self._resyncing or not self._resync_deadline:
+            return False
+        if all(s.state == "Established" and a in self._eor for a, s in self._peers.items()):
+            self._resyncing = False
+            self._resync_deadline = 0.0
+            log.info("bgp graceful restart: every peer re-sent its routes")
+            return True
+        return False
 
     def announced(self) -> set[str]:
         with self._lock:
@@ -231,10 +335,11 @@ class Speaker:
             for p in self.cfg.peers:
                 s = self._peers[p.address]
                 established = s.state == "Established"
+                sent = len(self._desired) + len(self._reflected.get(p.address, {}))
                 out.append(PeerState(address=s.address, peer_as=s.peer_as, state=s.state,
                                      since=s.since, received=len(self._learned.get(p.address, {})),
-                                     sent=len(self._desired) if established else 0,
-                                     reason=s.reason))
+                                     sent=sent if established else 0,
+                                     reason=s.reason, description=p.description))
             return out
 
     # -- ExaBGP supervision ----------------------------------------------------
@@ -250,9 +355,10 @@ class Speaker:
             log.warning("bgp adopted exabgp pid=%s is gone; starting our own", self._adopted)
             with self._lock:
                 self._adopted = None
-                self._resyncing = False
+                self._replacing = False
                 self._drop_connection()
                 changed = self._reset_bgp_state("adopted exabgp exited")
+                self._keep_routes_while_restarting()
             if changed:
                 self._notify()
         while not self._stopping.is_set():
@@ -269,14 +375,20 @@ class Speaker:
             code = proc.wait()
             if self._stopping.is_set():
                 return
-            self.restarts += 1
-            log.warning("bgp exabgp pid=%s exited code=%s; restarting (restart #%d)",
-                        proc.pid, code, self.restarts)
             with self._lock:
+                replacing, self._replacing = self._replacing, False
+                if not replacing:
+                    self.restarts += 1
+                log.warning("bgp exabgp pid=%s exited code=%s; %s", proc.pid, code,
+                            "starting it with the new configuration" if replacing else
+                            f"restarting (restart #{self.restarts})")
                 self._drop_connection()
                 changed = self._reset_bgp_state(f"exabgp exited with code {code}")
+                self._keep_routes_while_restarting()
             if changed:
                 self._notify()
+            if replacing:
+                continue
             if time.monotonic() - started > 60:
                 delay = self.restart_delay
             self._stopping.wait(delay)
@@ -293,19 +405,26 @@ class Speaker:
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             self._proc = proc
         (self.workdir / PID_NAME).write_text(f"{proc.pid}\n")
+        (self.workdir / ENV_NAME).write_text(self._env_text())
         log.info("bgp exabgp spawned pid=%s", proc.pid)
         return proc
 
-    def _adoptable(self, config_text: str) -> int | None:
-        """PID of a live ExaBGP started by an earlier Speaker with this very config."""
+    def _adoptable(self, config_text: str) -> tuple[int | None, bool]:
+        """PID of a live ExaBGP started by an earlier Speaker on this workdir with the same
+        environment (address, port, listening), and whether its config text is ours too."""
         try:
             pid = int((self.workdir / PID_NAME).read_text().split()[0])
             same = self.config_path.read_text() == config_text
+            env_same = (self.workdir / ENV_NAME).read_text() == self._env_text()
         except (OSError, ValueError, IndexError):
-            return None
-        if same and _alive(pid) and str(self.config_path) in _cmdline(pid):
-            return pid
-        return None
+            return None, False
+        if env_same and _alive(pid) and str(self.config_path) in _cmdline(pid):
+            return pid, same
+        return None, False
+
+    def _env_text(self) -> str:
+        import json
+        return json.dumps(exabgp_env(self.cfg, self.workdir), sort_keys=True)
 
     def _kill_stale(self) -> None:
         """Kill an ExaBGP left by an earlier Speaker on this workdir (recorded PID whose
@@ -342,6 +461,8 @@ class Speaker:
                 self._conn, self._relay_pid = conn, pid
                 for p in sorted(self._desired):      # ExaBGP may be new: tell it everything
                     self._send(f"announce route {p} next-hop self")
+                self._reflected = {}
+                self._reflect()
                 if self._adopted is not None:        # rebuild peer states and learned paths
                     self._refresh = {p.address for p in self.cfg.peers}
                     self._resyncing = True
@@ -368,6 +489,8 @@ class Speaker:
                 for raw in lines:
                     if raw.strip():
                         changed |= self._handle(raw.decode("utf-8", "replace"))
+                if changed:
+                    self._reflect()
             if changed:
                 self._notify()
         with self._lock:
@@ -413,6 +536,9 @@ class Speaker:
             return self._peer_state(event)
         if isinstance(event, Update):
             return self._update(event)
+        if isinstance(event, EndOfRib):
+            self._eor.add(event.peer)
+            return self._check_resynced()
         if isinstance(event, Notification):
             log.warning("bgp notification from %s code=%s subcode=%s %s", event.peer,
                         event.code, event.subcode, event.message)
@@ -422,6 +548,8 @@ class Speaker:
                                                    f"{event.subcode} {event.message}".strip())
             return False
         if isinstance(event, Shutdown):
+            if not self._stopping.is_set() and not self._resyncing:
+                self._keep_routes_while_restarting()   # not our stop(): it will be back
             return self._reset_bgp_state("exabgp shutting down")
         if isinstance(event, NeighborList):
             return self._neighbor_list(event)
@@ -465,9 +593,38 @@ class Speaker:
         if state == "Established":
             for p in sorted(self._desired):
                 self._send(f"neighbor {ev.peer} announce route {p} next-hop self")
-        elif self._learned.pop(ev.peer, None):
-            changed = True
+            self._reflected.pop(ev.peer, None)
+            self._reflect()
+            changed |= self._check_resynced()
+        else:
+            self._reflected.pop(ev.peer, None)
+            if self._learned.pop(ev.peer, None):
+                changed = True
         return changed
+
+    def _reflect(self) -> None:
+        """Route reflector (cluster_id set; lock held): make what we re-announce to each
+        Established iBGP peer equal bgp.reflect's plan."""
+        if not self.cfg.cluster_id:
+            return
+        established = [a for a, s in self._peers.items() if s.state == "Established"]
+        plan = reflection_plan(
+            self._learned,
+            [ReflectPeer(p.address, p.peer_as, p.route_reflector_client) for p in self.cfg.peers],
+            local_as=self.cfg.local_as, router_id=self.cfg.router_id,
+            cluster_id=self.cfg.cluster_id, own=self._desired, targets=established)
+        for peer in set(self._reflected) | set(plan):
+            sent = self._reflected.get(peer, {})
+            want = plan.get(peer, {})
+            for prefix in sorted(set(sent) - set(want)):
+                self._send(withdraw_command(peer, prefix, sent[prefix]))
+            for prefix in sorted(want):
+                if sent.get(prefix) != want[prefix]:
+                    self._send(announce_command(peer, prefix, want[prefix]))
+            if want:
+                self._reflected[peer] = dict(want)
+            else:
+                self._reflected.pop(peer, None)
 
     def _update(self, ev: Update) -> bool:
         if ev.peer not in self._peers:
@@ -485,6 +642,7 @@ class Speaker:
     def _reset_bgp_state(self, reason: str) -> bool:
         changed = any(self._learned.values())
         self._learned.clear()
+        self._reflected = {}
         now = time.time()
         for addr, s in self._peers.items():
             if s.state != "Idle":

@@ -28,8 +28,9 @@ from calico_lite.datastore import Datastore, DatastoreUnavailable
 from calico_lite.ipam import ensure_pool
 from calico_lite.policy_sync import PolicyController
 from calico_lite.routing import BgpSettings, RoutingController
+from calico_lite.tunnels import setup_node_tunnels
 from plugin import cni
-from plugin.link import write_sysctl
+from plugin.link import uplink_mtu, write_sysctl
 from plugin.server import CniServer
 from plugin.spec import Request
 
@@ -98,8 +99,9 @@ class NodeAgent:
         self.stop_event = threading.Event()
         self.ds = Datastore(cfg.etcd_endpoints)
         self.cache = Cache(self.ds)
-        self.backend = DatastoreBackend(
-            self.ds, cfg.node, overhead=lambda: pool_overhead(self.cache.items(keys.POOLS)))
+        self.backend = DatastoreBackend(self.ds, cfg.node, mtu=self.pod_mtu)
+        self._uplink_mtu: tuple[float, int] = (0.0, 1500)
+        self._mtu_lock = threading.Lock()
         self.routing = RoutingController(
             self.cache, cfg.node, cfg.bgp, cfg.run_dir / "bgp",
             publish=lambda status: self.ds.put(keys.status(cfg.node), status))
@@ -109,12 +111,24 @@ class NodeAgent:
         self.netlink: NetlinkPool | None = None
         self.server: CniServer | None = None
         self.threads: list[threading.Thread] = []
+        self.tunnel_fields: dict = {}
 
     def register(self) -> None:
         self.ds.put(keys.node(self.cfg.node), {
             "name": self.cfg.node, "address": self.cfg.address, "subnet": self.cfg.subnet,
             "asn": self.cfg.bgp.local_as, "rack": self.cfg.rack, "labels": self.cfg.labels,
-            "routerId": self.cfg.bgp.router_id, "started": time.time()})
+            "routerId": self.cfg.bgp.router_id, "started": time.time(),
+            **self.tunnel_fields})
+
+    def pod_mtu(self) -> int:
+        """The uplink's MTU (re-read at most every 10 s) less the pools' encapsulation."""
+        with self._mtu_lock:
+            read_at, mtu = self._uplink_mtu
+            if time.monotonic() - read_at > 10:
+                with IPRoute() as ipr:
+                    mtu = uplink_mtu(ipr)
+                self._uplink_mtu = (time.monotonic(), mtu)
+        return mtu - pool_overhead(self.cache.items(keys.POOLS))
 
     def handle_cni(self, req: Request) -> dict | None:
         assert self.netlink
@@ -125,8 +139,12 @@ class NodeAgent:
         wait_for_datastore(self.ds, self.stop_event)
         if self.stop_event.is_set():
             return
-        self.register()
         ensure_pool(self.ds)
+        # tunnel address and VTEP MAC go into the node record with everything else, so a
+        # restarting agent never publishes a record without them (peers would drop routes)
+        self.tunnel_fields = setup_node_tunnels(self.ds, self.backend.ipam, self.cfg.node,
+                                                self.cfg.address)
+        self.register()
         self.cache.start()
         self.cache.synced.wait(10)
         write_sysctl("net/ipv4/ip_forward", "1")

@@ -32,11 +32,11 @@ def datastore_errors(what: str) -> Iterator[None]:
 
 
 class DatastoreBackend:
-    def __init__(self, ds: Datastore, node: str, overhead: Callable[[], int] = lambda: 0):
+    def __init__(self, ds: Datastore, node: str, mtu: Callable[[], int] = lambda: 1500):
         self.ds = ds
         self.node = node
         self.ipam = Ipam(ds, node)
-        self._overhead = overhead
+        self._mtu = mtu
 
     def assign(self, handle: str, attrs: dict) -> str:
         with datastore_errors(f"assigning an address to {handle}"):
@@ -61,14 +61,10 @@ class DatastoreBackend:
         with datastore_errors(f"recording workload {w.handle}"):
             self.ds.put(keys.workload(self.node, w.handle), w.to_dict())
 
-    def forget_workload(self, handle: str) -> None:
-        with datastore_errors(f"removing workload {handle}"):
-            self.ds.delete(keys.workload(self.node, handle))
-
     def not_ready_reason(self) -> str | None:
         if not self.ds.healthy():
             return f"datastore {self.ds.describe} is not reachable"
         return None
 
-    def encap_overhead(self) -> int:
-        return self._overhead()
+    def pod_mtu(self) -> int:
+        return self._mtu()

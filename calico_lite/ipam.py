@@ -67,10 +67,8 @@ class Ipam:
 
     # --- assign --------------------------------------------------------------------------
     def assign(self, handle: str, attrs: dict | None = None) -> Assignment:
-        """Assign one address to handle; idempotent (an existing handle returns its address)."""
-        existing = self.get(handle)
-        if existing:
-            return existing
+        """Assign one address to handle; idempotent (an existing handle returns its address:
+        the assignment transaction requires the handle to be absent, see _assign_in_block)."""
         attrs = attrs or {}
         enabled = [p for p in list_pools(self.ds) if not p.disabled]
         usable = lambda cidr: any(  # noqa: E731 - a block serves only while its pool is enabled
@@ -80,6 +78,8 @@ class Ipam:
                 got = self._assign_in_block(cidr, handle, attrs, borrowed=False)
                 if got:
                     return got
+            if existing := self.get(handle):  # our blocks are full, but this one was done before
+                return existing
             if self._claim_block() is None:
                 break
         if not self.strict_affinity:
@@ -98,8 +98,8 @@ class Ipam:
             if e is None:
                 return None
             block = Block.from_dict(e.value)
-            if borrowed and block.affinity == self.node:
-                return None
+            if borrowed == (block.affinity == self.node):
+                return None  # borrow only from others' blocks; ours must still be ours
             offset = block.free_offset()
             if offset is None:
                 return None
@@ -110,8 +110,8 @@ class Ipam:
                             Op.put(keys.handle(handle),
                                    {**a.to_dict(), **attrs, "created": time.time()})]):
                 return a
-            if self.get(handle):  # a concurrent retry of the same ADD won
-                return self.get(handle)
+            if existing := self.get(handle):  # assigned before, or by a concurrent retry
+                return existing
         raise IpamError(f"block {cidr}: too much contention ({MAX_CAS_RETRIES} CAS retries)")
 
     def _claim_block(self) -> str | None:
@@ -142,7 +142,8 @@ class Ipam:
                            h.value.get("borrowed", False))
             bkey = keys.block(a.block)
             b = self.ds.get(bkey)
-            ops = [Op.delete(keys.handle(handle))]
+            # the handle and the workload that used it go in one transaction
+            ops = [Op.delete(keys.handle(handle)), Op.delete(keys.workload(a.node, handle))]
             cmp = [Op.unchanged(keys.handle(handle), h.mod_revision)]
             if b is not None:
                 block = Block.from_dict(b.value)

@@ -89,10 +89,7 @@ def gc(ds: Datastore, grace: float = GC_GRACE_SECONDS) -> list[Finding]:
     done = []
     for f in report.findings:
         if f.kind in ("leaked-handle", "stale-workload"):
-            rec = ds.get(keys.handle(f.handle))
-            ipam.release(f.handle)
-            if rec:
-                ds.delete(keys.workload(rec.value.get("node", ""), f.handle))
+            ipam.release(f.handle)  # the workload record goes with it
             done.append(f)
         elif f.kind == "orphan-allocation":
             ipam.release_ip(f.ip)

@@ -16,6 +16,7 @@ from bgp.routes import RouteApplier, desired_routes
 from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
 from calico_lite import keys
 from calico_lite.cache import Cache
+from calico_lite.tunnels import TunnelState, TunnelSync
 
 log = logging.getLogger("calico-lite.routing")
 RESYNC_SECONDS = 5.0
@@ -55,6 +56,8 @@ class RoutingController:
                                    for a, asn in settings.peers])
         self.speaker = Speaker(cfg, workdir=workdir, on_change=self._wake.set)
         self.applier = RouteApplier()
+        self.tunnels = TunnelSync(node, settings.local_address)
+        self._tunnel_state = TunnelState()
 
     def own(self) -> set[str]:
         return own_prefixes(self.cache.items(keys.AFFINITIES), self.cache.items(keys.HANDLES),
@@ -65,20 +68,24 @@ class RoutingController:
         skipped = [s for s in plan.skipped if s.prefix not in own]
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
                 "blocks": sorted(own),
-                "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": "none"}
+                "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": r.encap}
                            for r in plan.routes],
                 "skipped": [{"prefix": s.prefix, "via": s.next_hop, "reason": s.reason}
                             for s in skipped],
-                "notes": [f"{s.prefix} via {s.next_hop} not installed: {s.reason}"
-                          for s in skipped]}
+                "notes": self._tunnel_state.notes
+                + [f"{s.prefix} via {s.next_hop} not installed: {s.reason}" for s in skipped]}
 
     def sync_once(self) -> None:
         own = self.own()
         self.speaker.announce(own)
+        tun = self._tunnel_state = self.tunnels.sync(self.cache.items(keys.POOLS),
+                                                     self.cache.items(keys.NODES))
         plan = desired_routes(self.speaker.learned(), own_prefixes=own,
                               local_subnets=[self.settings.subnet],
                               local_addresses=[self.settings.local_address],
-                              local_as=self.settings.local_as)
+                              local_as=self.settings.local_as,
+                              pools=tun.pools, remotes=tun.remotes,
+                              supported_encaps=tun.supported)
         if not self.speaker.synced():
             return  # an adopted ExaBGP is still replaying what it learned: keep kernel routes
         result = self.applier.apply(plan.routes)

@@ -8,6 +8,7 @@ ExitStack, and only a fully successful ADD pops them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,13 +45,12 @@ class Backend(Protocol):
     node: str
 
     def assign(self, handle: str, attrs: dict) -> str: ...
-    def release(self, handle: str) -> str | None: ...
+    def release(self, handle: str) -> str | None: ...  # also forgets the workload
     def holds(self, handle: str) -> str | None: ...
     def handles(self) -> list[str]: ...
     def record_workload(self, w: Workload) -> None: ...
-    def forget_workload(self, handle: str) -> None: ...
     def not_ready_reason(self) -> str | None: ...
-    def encap_overhead(self) -> int: ...
+    def pod_mtu(self) -> int: ...  # the uplink's MTU less the pools' encapsulation overhead
 
 
 @dataclass
@@ -83,18 +83,22 @@ def _add(req: Request, ctx: Context, pod_fd: int) -> dict:
     namespace, pod = req.pod
     handle = handle_of(req)
     host = link.host_ifname(req.container_id, req.ifname)
-    mtu = req.mtu or link.uplink_mtu(ctx.ipr) - ctx.backend.encap_overhead()
-    if run_in_netns(req.netns, lambda: link.pod_interface_exists(req.ifname)):
-        raise CniError(INVALID_ENV, f"CNI_IFNAME: interface {req.ifname} already exists in "
-                       f"{req.netns}", "a second ADD for one container and interface needs a DEL first")
+    mtu = req.mtu or ctx.backend.pod_mtu()
+    if link.link_index(ctx.ipr, host) is not None:
+        if ctx.backend.holds(handle):
+            raise _exists(req)
+        link.delete_link(ctx.ipr, host)  # a stale end left by a crashed ADD of this container
     with contextlib.ExitStack() as undo:
         ip = ctx.backend.assign(handle, {"namespace": namespace, "pod": pod,
                                          "containerID": req.container_id})
         undo.callback(ctx.backend.release, handle)
-        link.delete_link(ctx.ipr, host)  # a stale end left by a crashed ADD of this container
         try:
             index = link.create_veth(ctx.ipr, host, req.ifname, pod_fd, mtu)
-            undo.callback(link.delete_link, ctx.ipr, host)
+        except NetlinkError as e:
+            raise (_exists(req) if e.code == errno.EEXIST else
+                   _netlink(f"creating veth {host} <-> {req.ifname} in {req.netns}", e)) from None
+        undo.callback(link.delete_link, ctx.ipr, host)
+        try:
             pod_end = run_in_netns(req.netns, lambda: link.configure_pod_end(req.ifname, ip))
             link.configure_host_end(ctx.ipr, index, host, ip)
         except NetlinkError as e:
@@ -107,6 +111,11 @@ def _add(req: Request, ctx: Context, pod_fd: int) -> dict:
         pod_mac=pod_end.mac, sandbox=req.netns, ip=ip, mtu=mtu))
 
 
+def _exists(req: Request) -> CniError:
+    return CniError(INVALID_ENV, f"CNI_IFNAME: interface {req.ifname} already exists in "
+                    f"{req.netns}", "a second ADD for one container and interface needs a DEL first")
+
+
 def cmd_del(req: Request, ctx: Context) -> dict | None:
     """Idempotent: whatever is left of the attachment goes; nothing left is fine."""
     host = link.host_ifname(req.container_id, req.ifname)
@@ -114,8 +123,7 @@ def cmd_del(req: Request, ctx: Context) -> dict | None:
         link.delete_link(ctx.ipr, host)  # takes the pod end with it, whatever the netns state
     except NetlinkError as e:
         raise _netlink(f"deleting {host}", e) from None
-    ctx.backend.release(handle_of(req))
-    ctx.backend.forget_workload(handle_of(req))
+    ctx.backend.release(handle_of(req))  # the workload record goes in the same transaction
     return None
 
 
@@ -170,7 +178,6 @@ def cmd_gc(req: Request, ctx: Context) -> dict | None:
         try:
             link.delete_link(ctx.ipr, link.host_ifname(cid, ifname))
             ctx.backend.release(handle)
-            ctx.backend.forget_workload(handle)
         except (CniError, NetlinkError, OSError) as e:
             failures.append(f"{handle}: {e}")
     if failures:

@@ -90,11 +90,6 @@ def configure_pod_end(ifname: str, ip: str) -> PodEnd:
         return PodEnd(idx, link_mac(ipr, idx))
 
 
-def pod_interface_exists(ifname: str) -> bool:
-    with IPRoute() as ipr:
-        return link_index(ipr, ifname) is not None
-
-
 @dataclass(frozen=True)
 class PodView:
     """What CHECK finds inside the pod namespace."""
