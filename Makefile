@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client frr nftables iproute2 iputils-ping iperf3 procps psmisc gcc libc6-dev make \
+APT_PACKAGES := etcd-server etcd-client frr gobgpd nftables iproute2 iputils-ping iperf3 procps psmisc gcc libc6-dev make \
   containerd runc containernetworking-plugins podman busybox-static
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done

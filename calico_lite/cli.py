@@ -234,7 +234,8 @@ def _lab(args):
 
 def cmd_lab_up(args) -> int:
     lab = _lab(args)
-    lab.up(args.racks, args.nodes_per_rack, args.bgp, log=lambda m: print(m, file=sys.stderr))
+    lab.up(args.racks, args.nodes_per_rack, args.bgp, log=lambda m: print(m, file=sys.stderr),
+           encap=args.encap)
     print(format_lab_status(lab.status()))
     return 0
 
@@ -453,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--racks", type=int, default=2)
     up.add_argument("--nodes-per-rack", type=int, default=2)
     up.add_argument("--bgp", choices=["tor", "mesh"], default="tor")
+    up.add_argument("--encap", choices=["none", "vxlan", "ipip"], default="none",
+                    help="the default pool's encapsulation across subnets (mode CrossSubnet)")
     lab_cmd("down", cmd_lab_down, "remove everything a lab made")
     lab_cmd("status", cmd_lab_status, "nodes, BGP sessions, etcd, pods").add_argument(
         "--json", action="store_true")

@@ -6,18 +6,20 @@ control-plane namespace, so no lab address is routable from the host.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from calico_lite import keys
 from calico_lite.datastore import Datastore
 from calico_lite.install import install_cni
+from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab import runtime
 from calico_lite.lab.frr import FrrRouter, render_frr_config
@@ -90,8 +92,8 @@ class Lab:
 
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-           log=print) -> LabPlan:
-        plan = make_plan(self.name, racks, nodes_per_rack, bgp)
+           log=print, encap: str = "none") -> LabPlan:
+        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap)
         if self.store.exists():
             raise LabError(f"lab {self.name} already exists; `calico-lite lab down --name "
                            f"{self.name}` first")
@@ -99,11 +101,13 @@ class Lab:
         if taken:
             raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
         with self.store.edit() as st:
-            st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp}
+            st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp,
+                         "encap": encap}
         try:
             t0 = time.monotonic()
             self._build_fabric(plan)
             self._start_etcd(plan)
+            self._write_default_pool(plan)
             self._start_routers(plan)
             log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting "
                 f"{len(plan.nodes)} node agents")
@@ -166,6 +170,14 @@ class Lab:
             if time.monotonic() > deadline or not pl.pid_alive(pid):
                 raise LabError(f"etcd did not become healthy; see {d / 'etcd.log'}")
             time.sleep(0.1)
+
+    def _write_default_pool(self, plan: LabPlan) -> None:
+        """With --encap, the default pool is written before any agent starts (mode
+        CrossSubnet: plain within a rack, encapsulated across racks)."""
+        if plan.encap == "none":
+            return  # the agents create the plain default pool themselves
+        pool = replace(DEFAULT_POOL, encapsulation=plan.encap, encap_mode="CrossSubnet")
+        etcdctl(plan.cp_netns, "put", keys.pool(pool.name), json.dumps(pool.to_dict(), sort_keys=True))
 
     def _start_routers(self, plan: LabPlan) -> None:
         spine_conf = render_frr_config(
@@ -406,8 +418,18 @@ class Lab:
                 "notes": s.value.get("notes", []) if s else []})
         pods = [{k: p[k] for k in ("namespace", "name", "node", "ip")}
                 for p in (self.pods() if etcd == "healthy" else [])]
-        return {"name": self.name, "bgp_mode": plan.bgp, "nodes": nodes, "etcd": etcd,
+        return {"name": self.name, "bgp_mode": plan.bgp, "encap": plan.encap, "nodes": nodes,
+                "etcd": etcd,
                 "pods": pods}
+
+
+def etcdctl(cp_netns: str, *args: str) -> str:
+    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
+                        "http://127.0.0.1:2379", *args],
+                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+    if p.returncode != 0:
+        raise LabError(f"etcdctl {' '.join(args[:2])} failed: {p.stderr.strip()}")
+    return p.stdout
 
 
 def etcd_healthy(cp_netns: str) -> bool:

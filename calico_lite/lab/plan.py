@@ -20,6 +20,7 @@ CP_SUBNET = "10.97.0.0/24"
 SPINE_CP_IP = "10.97.0.1"
 POD_POOL = "10.244.0.0/16"
 BGP_MODES = ("tor", "mesh")
+ENCAPS = ("none", "vxlan", "ipip")  # the default pool's encapsulation (mode CrossSubnet)
 
 
 class PlanError(ValueError):
@@ -59,6 +60,7 @@ class LabPlan:
     bgp: str
     nodes: tuple[NodePlan, ...]
     tors: tuple[TorPlan, ...]
+    encap: str = "none"
 
     @property
     def cp_netns(self) -> str:
@@ -92,7 +94,8 @@ def validate_name(name: str) -> None:
         raise PlanError(f"lab name {name!r}: use 1-12 letters, digits or '-', starting with a letter")
 
 
-def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor") -> LabPlan:
+def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
+              encap: str = "none") -> LabPlan:
     validate_name(name)
     if not 1 <= racks <= 9:
         raise PlanError(f"--racks {racks}: the lab supports 1 to 9 racks")
@@ -100,6 +103,8 @@ def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: s
         raise PlanError(f"--nodes-per-rack {nodes_per_rack}: the lab supports 1 to 40")
     if bgp not in BGP_MODES:
         raise PlanError(f"--bgp {bgp!r}: choose one of {', '.join(BGP_MODES)}")
+    if encap not in ENCAPS:
+        raise PlanError(f"--encap {encap!r}: choose one of {', '.join(ENCAPS)}")
     tors = tuple(TorPlan(rack=r, name=f"tor{r}", netns=f"{name}-tor{r}", asn=SPINE_AS + r,
                          segment_ip=f"10.99.{r}.1", subnet=f"10.99.{r}.0/24",
                          uplink_ip=f"10.98.{r}.2", spine_ip=f"10.98.{r}.1")
@@ -117,4 +122,4 @@ def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: s
         nodes.append(NodePlan(name=f"r{r}n{k}", rack=r, netns=f"{name}-r{r}n{k}", address=addr,
                               subnet=f"10.99.{r}.0/24", gateway=f"10.99.{r}.1", asn=asn,
                               peers=peers, listen=(bgp == "mesh")))
-    return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors)
+    return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap)
