@@ -575,7 +575,7 @@ class Speaker:
                 self._send(self.RIB_DUMP)
                 self._send("show neighbor json")
                 return changed
-        if self._resyncing:
+        if self._resyncing and not self._resync_deadline:   # adoption, not a restart
             self._resyncing = False
             changed = True
         return changed

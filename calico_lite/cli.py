@@ -84,6 +84,14 @@ def cmd_node_status(args) -> int:
     return 0
 
 
+def cmd_kube_sync(args) -> int:  # pragma: no cover - needs a Kubernetes API server
+    from calico_lite.kube_sync import ApiClient, run
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(_ds(args), ApiClient())
+    return 0
+
+
 # --- install-cni -----------------------------------------------------------------------
 def cmd_install_cni(args) -> int:
     from calico_lite.install import install_cni
@@ -377,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     _datastore_args(st)
     st.set_defaults(fn=cmd_node_status)
+
+    ks = sub.add_parser("kube-sync", help="mirror Kubernetes namespaces, pods, policies into etcd")
+    _datastore_args(ks)
+    ks.set_defaults(fn=cmd_kube_sync)
 
     inst = sub.add_parser("install-cni", help="install the CNI shim and conflist")
     inst.add_argument("--bin-dir", default="/opt/cni/bin")
