@@ -48,6 +48,8 @@ def cmd_node_run(args) -> int:
             raise ValueError(f"--peer {item!r}: expected ADDRESS:AS")
         peers.append((addr, int(asn)))
     labels = dict(item.split("=", 1) for item in args.label)
+    if not args.subnet:
+        args.subnet = detect_subnet(args.address)
     cfg = AgentConfig(
         node=args.name, etcd_endpoints=args.etcd_endpoints.split(","),
         cni_socket=Path(args.cni_socket), run_dir=Path(args.run_dir), address=args.address,
@@ -58,6 +60,17 @@ def cmd_node_run(args) -> int:
                         listen=args.bgp_listen, hold_time=args.hold_time))
     NodeAgent(cfg).run_forever()
     return 0
+
+
+def detect_subnet(address: str) -> str:
+    import ipaddress
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(family=2):
+            if a.get_attr("IFA_ADDRESS") == address:
+                return str(ipaddress.ip_network(f"{address}/{a['prefixlen']}", strict=False))
+    raise ValueError(f"--address {address} is not configured on any interface here; "
+                     "give --subnet, or the node's own address")
 
 
 def format_node_status(s: dict) -> str:
@@ -369,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cni-socket", default="/var/run/calico-lite/cni.sock")
     run.add_argument("--run-dir", default="/var/run/calico-lite")
     run.add_argument("--address", required=True, help="the node's address on its subnet")
-    run.add_argument("--subnet", required=True, help="the node's subnet, e.g. 10.99.1.0/24")
+    run.add_argument("--subnet", help="the node's subnet, e.g. 10.99.1.0/24 (default: the prefix "
+                     "of the interface holding --address)")
     run.add_argument("--as", dest="asn", type=int, default=64512)
     run.add_argument("--router-id")
     run.add_argument("--peer", action="append", default=[], help="BGP peer ADDRESS:AS (repeat)")
