@@ -195,7 +195,9 @@ int main(void) {
     if (err) {
         buf_puts(&msg, "calico-lite agent not reachable at ");
         buf_puts(&msg, sock); buf_puts(&msg, ": "); buf_puts(&msg, strerror(err));
-        fail(11, msg.p, "is the calico-lite node agent running on this node?");
+        /* STATUS asks whether ADDs can be served: with no agent they cannot (spec code 50) */
+        fail(strcmp(command, "STATUS") ? 11 : 50, msg.p,
+             "is the calico-lite node agent running on this node?");
     }
 
     const char *phase = "sending the request";

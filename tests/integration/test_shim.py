@@ -177,6 +177,11 @@ def test_agent_absent_is_try_again(shim: Path, sock_dir: Path) -> None:
     assert "agent running" in err["details"]
 
 
+def test_status_without_agent_is_not_available(shim: Path, sock_dir: Path) -> None:
+    err = cni_error(run_shim(shim, cni_env("STATUS", sock_dir / "absent.sock"), json.dumps(CONF)))
+    assert err["code"] == 50 and "not reachable" in err["msg"]
+
+
 def test_agent_socket_without_listener_is_refused(shim: Path, sock_dir: Path) -> None:
     sock = sock_dir / "dead.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
