@@ -80,3 +80,24 @@ def policy_status(node_name: str) -> str:
 
 
 BARRIER = ROOT + "sync/barrier"  # written to make every agent's cache (and controllers) catch up
+
+
+# BGP configuration (calico_lite.bgpconfig): global settings, peers, per-node settings, secrets
+BGP_CONFIG = ROOT + "bgp/config"
+BGP_PEERS = ROOT + "bgp/peers/"
+BGP_NODES = ROOT + "bgp/nodes/"
+BGP_SECRETS = ROOT + "bgp/secrets/"
+
+
+def bgp_peer(name: str) -> str:
+    return BGP_PEERS + name
+
+
+def bgp_node(name: str) -> str:
+    """Operator settings for a node (AS, router id, labels, RR cluster id): kept apart from
+    the node record, which the agent rewrites whenever it starts."""
+    return BGP_NODES + name
+
+
+def bgp_secret(name: str) -> str:
+    return BGP_SECRETS + name

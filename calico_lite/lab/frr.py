@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import grp
 import json
-import os
 import pwd
 import shutil
 import stat
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from calico_lite.lab.plumbing import kill_pids, pid_alive
 
 FRR_LIB = Path("/usr/lib/frr")
 DAEMONS = ("zebra", "bgpd")
@@ -164,7 +164,7 @@ class FrrRouter:
             pid = int((self.rundir / f"{daemon}.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def pids(self) -> dict[str, int]:
         """PIDs of the running daemons (for the lab's state file)."""
@@ -172,17 +172,7 @@ class FrrRouter:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM each daemon by PID, SIGKILL what is left after `timeout`."""
-        pids = [p for d in reversed(DAEMONS) if (p := self._pid(d)) is not None]
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in pids:
-            _signal(pid, signal.SIGKILL)
-        for pid in pids:
-            while _alive(pid) and time.monotonic() < deadline + 2:
-                time.sleep(0.02)
+        kill_pids([p for d in reversed(DAEMONS) if (p := self._pid(d)) is not None], grace=timeout)
         for d in DAEMONS:
             (self.rundir / f"{d}.pid").unlink(missing_ok=True)
 
@@ -223,17 +213,3 @@ def _check_reachable_by_frr(path: Path) -> None:
                            f"{parent} has mode {stat.filemode(st.st_mode)}")
 
 
-def _alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

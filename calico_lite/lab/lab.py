@@ -23,7 +23,7 @@ from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab import runtime
 from calico_lite.lab.frr import FrrRouter, render_frr_config
-from calico_lite.lab.plan import (CP_SUBNET, ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
+from calico_lite.lab.plan import (ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
                                   make_plan)
 from calico_lite.lab.probe import Endpoint, probe_all, probe_from
 from calico_lite.lab.serve import parse as parse_serve

@@ -75,16 +75,11 @@ def kill_pids(pids: list[int], grace: float = 2.0) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie (a reaped-late child of ours counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    except (OSError, IndexError):
         return False
 
 

@@ -1,6 +1,5 @@
 """bgp/relay.py as a real process: copies lines both ways and survives the Speaker's socket
 going away (it buffers ExaBGP's lines and reconnects). No namespaces needed."""
-import os
 import socket
 import subprocess
 import sys

@@ -1,0 +1,207 @@
+"""BGP configuration in the datastore, and the pure step from it to one node's SpeakerConfig.
+
+Three kinds of records, as in Calico (BGPConfiguration, BGPPeer, Node.spec.bgp):
+
+    /calico-lite/bgp/config            global: AS number, node-to-node mesh, hold time, GR
+    /calico-lite/bgp/peers/NAME        a peer: an address (a ToR, an external RR) or the nodes
+                                       a peerSelector picks, for the nodes a nodeSelector picks
+    /calico-lite/bgp/nodes/NAME        per node: AS number, router id, labels, RR cluster id
+    /calico-lite/bgp/secrets/NAME      a password for TCP MD5 (`{"password": ...}`)
+
+`node_speaker_config` turns those (plus what each agent registered about its node: address,
+labels) into the node's SpeakerConfig. It is the only place the topology rules live: mesh,
+explicit peers, route reflectors and their clients.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bgp.config import PeerConfig, SpeakerConfig
+from calico_lite import keys
+from calico_lite.selector import SelectorError, parse_selector
+
+DEFAULT_AS = 64512
+DEFAULT_HOLD = 9
+DEFAULT_GRACEFUL_RESTART = 10   # s: covers an ExaBGP restart (~2 s); a killed node goes after it
+RR_LABEL = "route-reflector"
+
+
+@dataclass(frozen=True)
+class BgpGlobal:
+    as_number: int = DEFAULT_AS
+    mesh: bool = True
+    hold_time: int = DEFAULT_HOLD
+    graceful_restart: int = DEFAULT_GRACEFUL_RESTART
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BgpGlobal":
+        return cls(as_number=int(d.get("asNumber", DEFAULT_AS)),
+                   mesh=bool(d.get("nodeToNodeMesh", True)),
+                   hold_time=int(d.get("holdTime", DEFAULT_HOLD)),
+                   graceful_restart=int(d.get("gracefulRestart", DEFAULT_GRACEFUL_RESTART)))
+
+    def to_dict(self) -> dict:
+        return {"asNumber": self.as_number, "nodeToNodeMesh": self.mesh,
+                "holdTime": self.hold_time, "gracefulRestart": self.graceful_restart}
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    """Either peer_ip + as_number, or peer_selector (those nodes, with their own AS)."""
+
+    name: str
+    peer_ip: str = ""
+    as_number: int = 0
+    node_selector: str = "all()"
+    peer_selector: str = ""
+    node: str = ""                 # only this node (instead of node_selector)
+    password_secret: str = ""
+    hold_time: int = 0             # 0: the global hold time
+
+    def __post_init__(self) -> None:
+        if bool(self.peer_ip) == bool(self.peer_selector):
+            raise ValueError(f"BGP peer {self.name}: give either a peer IP or a peer selector")
+        if self.peer_ip:
+            ipaddress.IPv4Address(self.peer_ip)
+            if not 0 < self.as_number < 2 ** 32:
+                raise ValueError(f"BGP peer {self.name}: AS number {self.as_number} out of range")
+        for sel in (self.node_selector, self.peer_selector):
+            parse_selector(sel)
+        if self.hold_time and not 3 <= self.hold_time <= 65535:
+            raise ValueError(f"BGP peer {self.name}: hold time must be 3..65535 s")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BgpPeer":
+        return cls(name=d["name"], peer_ip=d.get("peerIP", ""), as_number=int(d.get("asNumber", 0)),
+                   node_selector=d.get("nodeSelector", "all()"),
+                   peer_selector=d.get("peerSelector", ""), node=d.get("node", ""),
+                   password_secret=d.get("passwordSecret", ""), hold_time=int(d.get("holdTime", 0)))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "peerIP": self.peer_ip, "asNumber": self.as_number,
+                "nodeSelector": self.node_selector, "peerSelector": self.peer_selector,
+                "node": self.node, "passwordSecret": self.password_secret,
+                "holdTime": self.hold_time}
+
+
+@dataclass(frozen=True)
+class NodeBgp:
+    """A node as BGP sees it: the agent's registration merged with the operator's settings."""
+
+    name: str
+    address: str
+    as_number: int | None = None
+    router_id: str = ""
+    cluster_id: str = ""           # set: this node is a route reflector
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def merge_nodes(registered: Mapping[str, Mapping], settings: Mapping[str, Mapping]) -> dict[str, NodeBgp]:
+    """Node records (keys.NODES, written by agents) + BGP node settings (keys.BGP_NODES, written
+    by `calico-lite node set`) -> name -> NodeBgp. Settings win; labels are merged."""
+    out: dict[str, NodeBgp] = {}
+    for key, reg in registered.items():
+        name = reg.get("name") or key.rsplit("/", 1)[-1]
+        st = settings.get(keys.bgp_node(name), {})
+        labels = {**reg.get("labels", {}), **st.get("labels", {})}
+        asn = st.get("asNumber")
+        out[name] = NodeBgp(name=name, address=reg.get("address", ""),
+                            as_number=int(asn) if asn else None,
+                            router_id=st.get("routerId", ""),
+                            cluster_id=st.get("routeReflectorClusterId", ""), labels=labels)
+    return out
+
+
+def node_speaker_config(
+    node: str,
+    nodes: Mapping[str, NodeBgp],
+    glob: BgpGlobal | None,
+    peers: list[BgpPeer],
+    secrets: Mapping[str, str],
+    *,
+    local_address: str,
+    default_as: int,
+    default_router_id: str = "",
+    static_peers: tuple[PeerConfig, ...] = (),
+    listen: bool = False,
+) -> tuple[SpeakerConfig, list[str]]:
+    """This node's SpeakerConfig and the problems found (a missing secret, a bad selector).
+
+    With no global record (`glob` None) only `static_peers` (the agent's --peer flags) apply,
+    as before the datastore held BGP configuration. Otherwise: the mesh (every other node,
+    iBGP) if on, plus each BGPPeer whose node selector picks this node; explicit peers win
+    over mesh entries for the same address. A route reflector (node with a cluster id) treats
+    every iBGP node peer that is not a reflector of the same cluster as its client.
+    """
+    me = nodes.get(node) or NodeBgp(name=node, address=local_address)
+    g = glob or BgpGlobal(as_number=default_as, mesh=False)
+    local_as = me.as_number or (g.as_number if glob else default_as)
+    problems: list[str] = []
+    by_addr: dict[str, PeerConfig] = {p.address: p for p in static_peers}
+
+    def node_as(n: NodeBgp) -> int:
+        return n.as_number or g.as_number
+
+    def add(address: str, asn: int, hold: int, password: str | None, description: str) -> None:
+        if address == local_address or not address:
+            return
+        other = next((n for n in nodes.values() if n.address == address), None)
+        client = bool(me.cluster_id and other is not None and asn == local_as
+                      and other.cluster_id != me.cluster_id)
+        by_addr[address] = PeerConfig(address=address, peer_as=asn, hold_time=hold or g.hold_time,
+                                      md5_password=password, description=description,
+                                      route_reflector_client=client)
+
+    if glob is not None:
+        if g.mesh:
+            for other in sorted(nodes.values(), key=lambda n: n.name):
+                if other.name != node and other.address:
+                    add(other.address, node_as(other), 0, None, f"node-to-node mesh ({other.name})")
+        for p in sorted(peers, key=lambda p: p.name):
+            try:
+                if p.node:
+                    if p.node != node:
+                        continue
+                elif not parse_selector(p.node_selector).matches(me.labels):
+                    continue
+                password = None
+                if p.password_secret:
+                    password = secrets.get(p.password_secret)
+                    if password is None:
+                        problems.append(f"BGP peer {p.name}: secret {p.password_secret} not found; "
+                                        "peer left out")
+                        continue
+                if p.peer_ip:
+                    add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}")
+                else:
+                    sel = parse_selector(p.peer_selector)
+                    for other in sorted(nodes.values(), key=lambda n: n.name):
+                        if other.name != node and other.address and sel.matches(other.labels):
+                            add(other.address, node_as(other), p.hold_time, password,
+                                f"peer {p.name} ({other.name})")
+            except SelectorError as e:
+                problems.append(f"BGP peer {p.name}: {e}")
+    cfg = SpeakerConfig(router_id=me.router_id or default_router_id or local_address,
+                        local_address=local_address, local_as=local_as,
+                        peers=[by_addr[a] for a in sorted(by_addr, key=ipaddress.IPv4Address)],
+                        listen=listen or glob is not None,
+                        graceful_restart=g.graceful_restart if glob is not None else 0,
+                        cluster_id=me.cluster_id)
+    return cfg, problems
+
+
+def secrets_from(items: Mapping[str, Mapping]) -> dict[str, str]:
+    """keys.BGP_SECRETS entries -> name -> password."""
+    return {k.rsplit("/", 1)[-1]: str(v.get("password", "")) for k, v in items.items()}
+
+
+def peers_from(items: Mapping[str, Mapping]) -> tuple[list[BgpPeer], list[str]]:
+    out, problems = [], []
+    for k, v in items.items():
+        try:
+            out.append(BgpPeer.from_dict(v))
+        except (ValueError, KeyError) as e:
+            problems.append(f"BGP peer record {k}: {e}")
+    return out, problems
