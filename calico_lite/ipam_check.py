@@ -63,8 +63,8 @@ def check(blocks: list[Block], handles: dict[str, dict], workloads: dict[str, di
             continue
         w = workloads.get(h)
         young = now - rec.get("created", 0) < grace
-        if w and netns_exists(w.get("netns", "")):
-            r.in_use += 1
+        if (w and netns_exists(w.get("netns", ""))) or rec.get("tunnel"):
+            r.in_use += 1  # a pod that exists, or a node's tunnel address (no workload)
         elif w:
             r.findings.append(Finding("stale-workload", ip, h,
                                       f"pod {w.get('namespace')}/{w.get('pod')} netns {w.get('netns')} is gone"))

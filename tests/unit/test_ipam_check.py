@@ -47,3 +47,9 @@ def test_one_ip_held_twice_is_a_conflict():
     r = run([b1, b2], {"a/eth0": rec("10.0.0.0"), "b/eth0": rec("10.0.0.0")},
             {"a/eth0": {"netns": "/ns/a"}, "b/eth0": {"netns": "/ns/a"}})
     assert any(f.kind == "conflict" and f.ip == "10.0.0.0" for f in r.findings)
+
+
+def test_a_nodes_tunnel_address_is_in_use_without_a_workload():
+    b = Block("10.0.0.0/30", "n1", "p", {0: "vxlan-tunnel-addr-n1"})
+    r = run([b], {"vxlan-tunnel-addr-n1": {**rec("10.0.0.0"), "tunnel": "vxlan"}}, {})
+    assert r.ok and r.in_use == 1
