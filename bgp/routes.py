@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from .encap import DEVICES, NOT_ON_LINK, as_pools, choose_encap, gateway_for, pool_for
 from .model import LearnedPath, PoolEncap, RemoteNode, Route
 
-__all__ = ["PROTO", "LearnedPath", "Route", "Skipped", "RoutePlan", "ApplyResult",
-           "desired_routes", "RouteApplier"]
+__all__ = ["PROTO", "LearnedPath", "Route", "PoolEncap", "RemoteNode", "Skipped", "RoutePlan",
+           "ApplyResult", "desired_routes", "RouteApplier"]
 
 PROTO = 88          # `ip route show proto 88`; unassigned in /etc/iproute2/rt_protos
 MAIN_TABLE = 254

@@ -101,6 +101,7 @@ class Speaker:
         self._resync_deadline = 0.0             # restarted ExaBGP: keep routes until then
         self._eor: set[str] = set()             # peers that sent End-of-RIB since (re)start
         self._replacing = False                 # we stop ExaBGP to apply a new config
+        self._reload_pending = False            # SIGUSR1 once the relay is connected
         self.reconfigurations = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -230,6 +231,11 @@ class Speaker:
                 self._replacing = True
                 self._keep_routes_while_restarting()
             self._reflect()
+            if not restart and self._conn is None:
+                # ExaBGP may not have installed its signal handlers yet (SIGUSR1 would kill
+                # it): reload once its relay connects
+                self._reload_pending = True
+                pid = None
         log.info("bgp reconfigure: %s peers=%s", "restart" if restart else "reload",
                  [p.address for p in cfg.peers])
         if pid is not None:
@@ -463,6 +469,13 @@ class Speaker:
                     self._send(f"announce route {p} next-hop self")
                 self._reflected = {}
                 self._reflect()
+                if self._reload_pending:
+                    self._reload_pending = False
+                    pending_pid = self._current_pid()
+                    if pending_pid is not None:
+                        log.info("bgp reloading exabgp pid=%s with the new configuration",
+                                 pending_pid)
+                        os.kill(pending_pid, signal.SIGUSR1)
                 if self._adopted is not None:        # rebuild peer states and learned paths
                     self._refresh = {p.address for p in self.cfg.peers}
                     self._resyncing = True
