@@ -14,6 +14,10 @@ from calico_lite import keys
 from calico_lite.datastore import Change, Datastore, DatastoreUnavailable
 
 log = logging.getLogger("calico-lite.cache")
+# the kinds of keys whose changes are tracked apart (see Cache.generation_of)
+CATEGORIES = (keys.POOLS, keys.BLOCKS, keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.WORKLOADS,
+              keys.K8S_NAMESPACES, keys.K8S_PODS, keys.K8S_POLICIES, keys.BARRIER)
+OTHER = "(other)"  # any other key: wakes only controllers that wait on every change
 
 
 class Cache:
@@ -28,6 +32,7 @@ class Cache:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._generation = 0
+        self._generation_of: dict[str, int] = {}  # key category -> generation of its last change
         self.revision = 0  # the store revision the cached data reflects (at least)
         self._resync = threading.Event()
         self._stop = threading.Event()
@@ -57,15 +62,35 @@ class Cache:
         with self._lock:
             return self._data.get(key)
 
-    def wait_change(self, seen_generation: int, timeout: float) -> int:
-        """Block until the generation moves past seen_generation (or timeout); return it."""
+    def generation_of(self, prefixes: tuple[str, ...]) -> int:
+        """The generation of the last change under any of prefixes (controllers that care
+        about some keys only, e.g. policy, must not wake for IPAM traffic)."""
+        return max((g for cat, g in self._generation_of.items()
+                    if cat.startswith(prefixes) or any(p.startswith(cat) for p in prefixes)),
+                   default=0)
+
+    def wait_change(self, seen_generation: int, timeout: float,
+                    prefixes: tuple[str, ...] | None = None) -> int:
+        """Block until the generation (of prefixes, if given) moves past seen_generation, or
+        timeout; return it."""
+        current = (lambda: self.generation_of(prefixes)) if prefixes else (lambda: self._generation)
         with self._cond:
-            self._cond.wait_for(lambda: self._generation != seen_generation, timeout=timeout)
-            return self._generation
+            self._cond.wait_for(lambda: current() != seen_generation, timeout=timeout)
+            return current()
+
+    def wake(self) -> None:
+        """Wake every wait_change() now (the agent is stopping: loops must see it at once)."""
+        with self._cond:
+            self._bump()
 
     # --- keeping it current --------------------------------------------------------------
-    def _bump(self) -> None:
+    def _bump(self, changed_keys: list[str] | None = None) -> None:
+        """changed_keys None: everything may have changed (a resync)."""
         self._generation += 1
+        cats = ((*CATEGORIES, OTHER) if changed_keys is None
+                else {next((c for c in CATEGORIES if k.startswith(c)), OTHER) for k in changed_keys})
+        for cat in cats:
+            self._generation_of[cat] = self._generation
         self._cond.notify_all()
 
     def _apply(self, changes: list[Change] | None) -> None:
@@ -82,7 +107,7 @@ class Cache:
                 else:
                     self._data[c.key] = c.value
                 self.revision = max(self.revision, c.mod_revision)
-            self._bump()
+            self._bump([c.key for c in relevant])
 
     def _sync_loop(self) -> None:
         while not self._stop.is_set():

@@ -57,7 +57,8 @@ def cmd_node_run(args) -> int:
         block_release_grace=args.block_release_grace,
         bgp=BgpSettings(router_id=args.router_id or args.address, local_address=args.address,
                         local_as=args.asn, subnet=args.subnet, peers=tuple(peers),
-                        listen=args.bgp_listen, hold_time=args.hold_time))
+                        listen=args.bgp_listen, hold_time=args.hold_time,
+                        on_exit=args.on_exit))
     NodeAgent(cfg).run_forever()
     return 0
 
@@ -93,7 +94,8 @@ def cmd_node_status(args) -> int:
             if not args.node or e.value.get("node") == args.node]
     if args.node and not rows:
         raise LookupError(f"no status for node {args.node}: is its agent running?")
-    _print(rows, args.json, "\n".join(format_node_status(r) for r in rows))
+    from calico_lite.bgp_cli import format_node_status as calicoctl_style
+    _print(rows, args.json, "\n\n".join(calicoctl_style(r) for r in rows))
     return 0
 
 
@@ -109,7 +111,7 @@ def cmd_kube_sync(args) -> int:  # pragma: no cover - needs a Kubernetes API ser
 def cmd_install_cni(args) -> int:
     from calico_lite.install import install_cni
     binary, conf = install_cni(Path(args.bin_dir), Path(args.conf_dir), args.agent_socket,
-                               mtu=args.mtu, log_file=args.log_file)
+                               mtu=args.mtu, log_file=args.log_file, cni_version=args.cni_version)
     print(f"installed {binary} and {conf}")
     return 0
 
@@ -389,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--peer", action="append", default=[], help="BGP peer ADDRESS:AS (repeat)")
     run.add_argument("--bgp-listen", action="store_true", help="accept BGP sessions (mesh)")
     run.add_argument("--hold-time", type=int, default=9)
+    run.add_argument("--on-exit", choices=["detach", "stop"], default="detach",
+                     help="on SIGTERM: leave ExaBGP, routes and rules for the next agent (detach, "
+                          "graceful restart) or stop ExaBGP so peers withdraw at once (stop)")
     run.add_argument("--rack", default="")
     run.add_argument("--label", action="append", default=[])
     run.add_argument("--block-release-grace", type=float, default=300.0,
@@ -399,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     _datastore_args(st)
     st.set_defaults(fn=cmd_node_status)
+    from calico_lite.bgp_cli import add_bgp_commands
+    add_bgp_commands(sub, node, _datastore_args)
 
     ks = sub.add_parser("kube-sync", help="mirror Kubernetes namespaces, pods, policies into etcd")
     _datastore_args(ks)
@@ -410,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--agent-socket", default="/var/run/calico-lite/cni.sock")
     inst.add_argument("--mtu", type=int, default=0)
     inst.add_argument("--log-file", default="/var/log/calico-lite/cni.log")
+    inst.add_argument("--cni-version", default="1.0.0", choices=["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+                      help="the conflist's cniVersion (1.0.0: what containerd 1.6 and podman 4 accept)")
     inst.set_defaults(fn=cmd_install_cni)
 
     pool = sub.add_parser("pool", help="IP pools").add_subparsers(dest="sub", required=True)
@@ -479,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = lab_cmd("up", cmd_lab_up, "build and start a lab")
     up.add_argument("--racks", type=int, default=2)
     up.add_argument("--nodes-per-rack", type=int, default=2)
-    up.add_argument("--bgp", choices=["tor", "mesh"], default="tor")
+    up.add_argument("--bgp", choices=["tor", "mesh", "rr"], default="tor",
+                    help="rr: mesh off, nodes peer with route-reflector nodes")
     up.add_argument("--encap", choices=["none", "vxlan", "ipip"], default="none",
                     help="the default pool's encapsulation across subnets (mode CrossSubnet)")
     lab_cmd("down", cmd_lab_down, "remove everything a lab made")
@@ -521,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--port", type=int, default=80)
     pr.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
     pr.add_argument("--json", action="store_true")
+    from calico_lite.bgp_cli import add_lab_node_commands
+    add_lab_node_commands(lab)
     return p
 
 

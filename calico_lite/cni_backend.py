@@ -5,6 +5,7 @@ later), pools exhausted -> code 100, so the runtime gets an answer a person can 
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -37,13 +38,16 @@ class DatastoreBackend:
         self.node = node
         self.ipam = Ipam(ds, node)
         self._mtu = mtu
+        # one assignment at a time per node, like Calico's host-wide IPAM lock: concurrent
+        # ADDs on a node all target its own block, and would only burn CAS retries on it
+        self._ipam_lock = threading.Lock()
 
     def assign(self, handle: str, attrs: dict) -> str:
-        with datastore_errors(f"assigning an address to {handle}"):
+        with datastore_errors(f"assigning an address to {handle}"), self._ipam_lock:
             return self.ipam.assign(handle, attrs).ip
 
     def release(self, handle: str) -> str | None:
-        with datastore_errors(f"releasing the address of {handle}"):
+        with datastore_errors(f"releasing the address of {handle}"), self._ipam_lock:
             a = self.ipam.release(handle)
             return a.ip if a else None
 

@@ -44,22 +44,28 @@ def _atomic_write(dest: Path, data: bytes, mode: int) -> None:
         raise
 
 
+# The conflist's version: 1.0.0, since containerd 1.6/1.7, podman 4 and the reference plugins
+# 1.1.x reject 1.1.0 results; the plugin itself speaks 0.3.1 to 1.1.0 (VERSION says so).
+CONFLIST_VERSION = "1.0.0"
+
+
 def conflist(agent_socket: str, mtu: int = 0, log_file: str = "",
-             chained: list[dict] | None = None) -> dict:
+             chained: list[dict] | None = None, cni_version: str = CONFLIST_VERSION) -> dict:
     plugin = {"type": "calico-lite", "mtu": mtu, "agent_socket": agent_socket,
               "log_level": "info"}
     if log_file:
         plugin["log_file"] = log_file
-    return {"cniVersion": "1.1.0", "name": NETWORK_NAME, "plugins": [plugin, *(chained or [])]}
+    return {"cniVersion": cni_version, "name": NETWORK_NAME, "plugins": [plugin, *(chained or [])]}
 
 
 def install_cni(bin_dir: Path, conf_dir: Path, agent_socket: str = DEFAULT_SOCKET,
-                mtu: int = 0, log_file: str = "", shim: Path | None = None) -> tuple[Path, Path]:
+                mtu: int = 0, log_file: str = "", shim: Path | None = None,
+                cni_version: str = CONFLIST_VERSION) -> tuple[Path, Path]:
     src = shim or find_shim()
     binary = Path(bin_dir) / "calico-lite"
     _atomic_write(binary, src.read_bytes(), 0o755)
     conf = Path(conf_dir) / CONFLIST_NAME
-    text = json.dumps(conflist(agent_socket, mtu, log_file), indent=2) + "\n"
+    text = json.dumps(conflist(agent_socket, mtu, log_file, cni_version=cni_version), indent=2) + "\n"
     _atomic_write(conf, text.encode(), 0o644)
     return binary, conf
 

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Callable
 
+from calico_lite import keys
 from calico_lite.cache import Cache
 from calico_lite.policy_inputs import inputs_from
 from policy.applier import RulesetApplier
@@ -20,6 +21,9 @@ from policy.nft import NftError
 
 log = logging.getLogger("calico-lite.policy")
 RESYNC_SECONDS = 30.0
+SETTLE_SECONDS = 0.01  # let a burst of pod changes land, then compile once
+# what the ruleset is computed from; IPAM and routing traffic must not wake this controller
+INPUTS = (keys.ROOT + "k8s/", keys.WORKLOADS, keys.BARRIER)
 
 
 class PolicyController:
@@ -51,8 +55,10 @@ class PolicyController:
         self.cache.synced.wait()
         seen = -1
         while not stop.is_set():
-            gen = self.cache.generation
+            gen = self.cache.generation_of(INPUTS)
             if gen != seen:
+                time.sleep(SETTLE_SECONDS)
+                gen = self.cache.generation_of(INPUTS)
                 try:
                     status = self.sync_once(gen)
                 except (NftError, ValueError) as e:
@@ -63,4 +69,4 @@ class PolicyController:
                     "mode", "compile_ms", "nft_ms", "policies", "local_pods", "error")}}))
                 self.publish(status)
                 seen = gen
-            self.cache.wait_change(seen, RESYNC_SECONDS)
+            self.cache.wait_change(seen, RESYNC_SECONDS, INPUTS)

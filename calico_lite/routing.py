@@ -15,11 +15,15 @@ from typing import Callable
 from bgp.routes import RouteApplier, desired_routes
 from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
 from calico_lite import keys
+from calico_lite.bgpconfig import (BgpGlobal, merge_nodes, node_speaker_config, peers_from,
+                                   secrets_from)
 from calico_lite.cache import Cache
 from calico_lite.tunnels import TunnelState, TunnelSync
 
 log = logging.getLogger("calico-lite.routing")
 RESYNC_SECONDS = 5.0
+# what routing is computed from; pod churn (workloads, k8s records) must not wake it
+INPUTS = (keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.POOLS, keys.ROOT + "bgp/")
 
 
 def own_prefixes(affinities: dict[str, dict], handles: dict[str, dict], node: str) -> set[str]:
@@ -40,6 +44,7 @@ class BgpSettings:
     peers: tuple[tuple[str, int], ...]
     listen: bool = False
     hold_time: int = 9
+    on_exit: str = "detach"   # detach: ExaBGP and routes stay for the next agent; stop: withdraw
 
 
 class RoutingController:
@@ -55,9 +60,38 @@ class RoutingController:
                             peers=[PeerConfig(address=a, peer_as=asn, hold_time=settings.hold_time)
                                    for a, asn in settings.peers])
         self.speaker = Speaker(cfg, workdir=workdir, on_change=self._wake.set)
+        self.bgp_problems: list[str] = []
+        self.on_exit = settings.on_exit   # the agent switches it to "stop" on SIGUSR2
         self.applier = RouteApplier()
         self.tunnels = TunnelSync(node, settings.local_address)
         self._tunnel_state = TunnelState()
+
+    def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
+        """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
+        command-line peers as static ones; and the problems found in those records."""
+        st = self.settings
+        glob = self.cache.get(keys.BGP_CONFIG)
+        peers, problems = peers_from(self.cache.items(keys.BGP_PEERS))
+        cfg, more = node_speaker_config(
+            self.node, merge_nodes(self.cache.items(keys.NODES), self.cache.items(keys.BGP_NODES)),
+            BgpGlobal.from_dict(glob) if glob is not None else None, peers,
+            secrets_from(self.cache.items(keys.BGP_SECRETS)),
+            local_address=st.local_address, default_as=st.local_as, default_router_id=st.router_id,
+            static_peers=tuple(PeerConfig(address=a, peer_as=asn, hold_time=st.hold_time)
+                               for a, asn in st.peers), listen=st.listen)
+        return cfg, problems + more
+
+    def apply_bgp_config(self) -> None:
+        """Reconfigure the speaker when the BGP records changed (no agent restart)."""
+        try:
+            cfg, self.bgp_problems = self.bgp_config()
+        except ValueError as e:   # e.g. two peers on one address: keep the running config
+            self.bgp_problems = [f"BGP configuration not applied: {e}"]
+            return
+        if cfg != self.speaker.cfg:
+            how = self.speaker.reconfigure(cfg)
+            log.info("bgp configuration changed: %s, peers %s", how,
+                     [f"{p.address}/{p.peer_as}" for p in cfg.peers])
 
     def own(self) -> set[str]:
         return own_prefixes(self.cache.items(keys.AFFINITIES), self.cache.items(keys.HANDLES),
@@ -76,14 +110,23 @@ class RoutingController:
                 + [f"{s.prefix} via {s.next_hop} not installed: {s.reason}" for s in skipped]}
 
     def sync_once(self) -> None:
+        self.apply_bgp_config()
         own = self.own()
         self.speaker.announce(own)
-        tun = self._tunnel_state = self.tunnels.sync(self.cache.items(keys.POOLS),
-                                                     self.cache.items(keys.NODES))
-        plan = desired_routes(self.speaker.learned(), own_prefixes=own,
+        pools, nodes = self.cache.items(keys.POOLS), self.cache.items(keys.NODES)
+        learned = self.speaker.learned()
+        # the kernel is written only when an input changed, or at the periodic resync: an
+        # ADD's handle wakes this loop, but seldom changes a route (Felix's calc/dataplane split)
+        inputs = (frozenset(own), frozenset((p, frozenset(ps)) for p, ps in learned.items()),
+                  repr(sorted(pools.items())), repr(sorted(nodes.items())), self.speaker.synced())
+        if inputs == self._last_inputs and time.monotonic() - self._last_apply < RESYNC_SECONDS:
+            self.publish_status(own, self._last_plan)  # peer states may still have moved
+            return
+        tun = self._tunnel_state = self.tunnels.sync(pools, nodes)
+        plan = desired_routes(learned, own_prefixes=own,
                               local_subnets=[self.settings.subnet],
                               local_addresses=[self.settings.local_address],
-                              local_as=self.settings.local_as,
+                              local_as=self.speaker.cfg.local_as,
                               pools=tun.pools, remotes=tun.remotes,
                               supported_encaps=tun.supported)
         if not self.speaker.synced():
@@ -91,25 +134,44 @@ class RoutingController:
         result = self.applier.apply(plan.routes)
         for err in result.errors:
             log.warning("route apply: %s", err)
+        self._last_inputs, self._last_apply, self._last_plan = inputs, time.monotonic(), plan
+        self.publish_status(own, plan)
+
+    def publish_status(self, own: set[str], plan) -> None:
         status = self.status(own, plan)
         comparable = {k: v for k, v in status.items() if k != "peers"}
-        comparable["peers"] = [(p["address"], p["state"], p["received"]) for p in status["peers"]]
+        comparable["peers"] = [(p["address"], p["state"], p["received"], p["sent"])
+                               for p in status["peers"]]
+        comparable["bgp"] = self._bgp_identity()
         if comparable != self._published:
-            self.publish({**status, "updated": time.time()})
+            self.publish({**status, "bgp": comparable["bgp"], "updated": time.time()})
             self._published = comparable
+
+    def _bgp_identity(self) -> dict:
+        cfg = self.speaker.cfg
+        return {"asNumber": cfg.local_as, "routerId": cfg.router_id, "address": cfg.local_address,
+                "routeReflectorClusterId": cfg.cluster_id, "gracefulRestart": cfg.graceful_restart,
+                "exabgpPid": self.speaker.exabgp_pid, "problems": list(self.bgp_problems)}
 
     def run(self, stop: threading.Event) -> None:
         self._published: dict | None = None
+        self._last_inputs: tuple | None = None
+        self._last_apply = 0.0
+        self.apply_bgp_config()   # before start: an adopted ExaBGP is compared with it
         self.speaker.start()
         try:
             while not stop.is_set():
-                gen = self.cache.generation
+                gen = self.cache.generation_of(INPUTS)
                 self._wake.clear()
                 self.sync_once()
                 # wake on a BGP change (speaker callback), a datastore change, or the resync
                 deadline = time.monotonic() + RESYNC_SECONDS
                 while not stop.is_set() and not self._wake.is_set():
-                    if self.cache.wait_change(gen, 0.2) != gen or time.monotonic() > deadline:
+                    if (self.cache.wait_change(gen, 0.2, INPUTS) != gen
+                            or time.monotonic() > deadline):
                         break
         finally:
-            self.speaker.stop()
+            if self.on_exit == "detach":
+                self.speaker.detach()   # graceful restart: the next agent adopts ExaBGP
+            else:
+                self.speaker.stop()

@@ -70,7 +70,7 @@ def _netlink(what: str, e: NetlinkError) -> CniError:
 
 def cmd_add(req: Request, ctx: Context) -> dict:
     try:
-        pod_fd = open_netns(req.netns)
+        pod_fd = open_netns(req.netns_path)
     except NetnsError as e:
         raise CniError(INVALID_ENV, f"CNI_NETNS: {e.strerror}") from None
     try:
@@ -99,7 +99,7 @@ def _add(req: Request, ctx: Context, pod_fd: int) -> dict:
                    _netlink(f"creating veth {host} <-> {req.ifname} in {req.netns}", e)) from None
         undo.callback(link.delete_link, ctx.ipr, host)
         try:
-            pod_end = run_in_netns(req.netns, lambda: link.configure_pod_end(req.ifname, ip))
+            pod_end = run_in_netns(req.netns_path, lambda: link.configure_pod_end(req.ifname, ip))
             link.configure_host_end(ctx.ipr, index, host, ip)
         except NetlinkError as e:
             raise _netlink(f"wiring {ip} on {host} <-> {req.ifname} in {req.netns}", e) from None
@@ -146,7 +146,7 @@ def cmd_check(req: Request, ctx: Context) -> dict | None:
     if not link.host_route_ok(ctx.ipr, held, index):
         raise CniError(CONTAINER_UNKNOWN, f"host route {held}/32 dev {host} is missing")
     try:
-        view = run_in_netns(req.netns, lambda: link.inspect_pod_end(req.ifname))
+        view = run_in_netns(req.netns_path, lambda: link.inspect_pod_end(req.ifname))
     except NetnsError as e:
         raise CniError(INVALID_ENV, f"CNI_NETNS: {e.strerror}") from None
     if not view.exists:

@@ -31,6 +31,10 @@ def open_netns(path: str) -> int:
         raise NetnsError(errno.ENOENT, f"network namespace {path} does not exist") from None
     except OSError as e:
         raise NetnsError(e.errno, f"cannot open network namespace {path}: {e.strerror}") from None
+    if os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev:  # not on nsfs
+        os.close(fd)
+        raise NetnsError(errno.EINVAL, f"{path} is not a network namespace (a plain file: "
+                         "is the namespace mounted where this agent can see it?)")
     return fd
 
 

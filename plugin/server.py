@@ -7,11 +7,13 @@ here and nowhere else.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import socket
 import stat
+import struct
 import threading
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ log = logging.getLogger("calico-lite.cni")
 Handler = Callable[[Request], "dict | None"]
 
 
-def serve_one(raw: bytes, handler: Handler) -> tuple[int, str, dict]:
+def serve_one(raw: bytes, handler: Handler, caller_pid: int = 0) -> tuple[int, str, dict]:
     """Pure edge logic: raw request -> (exit code, stdout, log fields)."""
     fields: dict = {}
     version = LATEST
@@ -43,7 +45,7 @@ def serve_one(raw: bytes, handler: Handler) -> tuple[int, str, dict]:
             pass
         fields.update(verb=env.get("CNI_COMMAND"), container=env.get("CNI_CONTAINERID"),
                       ifname=env.get("CNI_IFNAME"))
-        req = parse_request(env, stdin)
+        req = dataclasses.replace(parse_request(env, stdin), caller_pid=caller_pid)
         fields["log_file"] = req.config.get("log_file")
         result = handler(req)
         fields["result"] = "ok"
@@ -107,13 +109,19 @@ class CniServer:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-            code, out, fields = serve_one(b"".join(chunks), self.handler)
+            code, out, fields = serve_one(b"".join(chunks), self.handler, peer_pid(conn))
             try:
                 conn.sendall(f"{code}\n".encode() + out.encode())
             except OSError:
                 pass
         fields["ms"] = round((time.monotonic() - start) * 1000, 1)
         write_call_log(fields)
+
+
+def peer_pid(conn: socket.socket) -> int:
+    pid, _uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return pid
 
 
 def write_call_log(fields: dict) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from plugin.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
@@ -24,6 +25,18 @@ class Request:
     path: str
     config: dict
     cni_version: str
+    caller_pid: int = 0  # the shim's PID (SO_PEERCRED), to see CNI_NETNS as the runtime sees it
+
+    @property
+    def netns_path(self) -> str:
+        """CNI_NETNS as seen from the runtime's mount namespace: the runtime may have mounted it
+        where this agent cannot see it (the agent runs in its own container), so go through
+        the calling shim's root when its /proc entry is visible (hostPID)."""
+        if self.caller_pid and self.netns.startswith("/"):
+            root = f"/proc/{self.caller_pid}/root"
+            if os.path.exists(root + self.netns):
+                return root + self.netns
+        return self.netns
 
     @property
     def pod(self) -> tuple[str, str]:

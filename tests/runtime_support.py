@@ -8,6 +8,7 @@ calico-lite's real shim and agent exactly as a kubelet-managed runtime would.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -60,6 +61,11 @@ class LabNode:
         if not files:
             raise FileNotFoundError(f"no .conflist in {self.cni_conf_dir} (node {self.name})")
         return json.loads(files[0].read_text())
+
+
+# the conflist version runtimes here accept (containerd 1.6 and podman 4.3 vendor libcni 1.1,
+# which rejects 1.1.0 results); install-cni writes this one
+RUNTIME_CNI_VERSION = "1.0.0"
 
 
 def lab_status(lab: str) -> dict:
@@ -211,7 +217,9 @@ def _pids() -> list[int]:
 
 
 def processes_under(work: Path) -> list[int]:
-    """PIDs whose root dir lies under `work` (containers) or whose command line names it (shims)."""
+    """PIDs whose command line names `work` (containerd shims, conmon) or whose root dir, as seen
+    from here, lies under it. Containers in their own mount namespace are found by cgroup
+    instead (`cgroup_pids`)."""
     found, needle, me = [], str(work), os.getpid()
     for pid in _pids():
         if pid == me:
@@ -246,6 +254,18 @@ def unmount_under(work: Path) -> None:
         subprocess.run(["umount", "-l", mnt], capture_output=True)
 
 
+def cgroup_pids(parent_name: str) -> list[int]:
+    """Every PID in the cgroup v1 `pids` subtree named parent_name (containers of one runtime)."""
+    top = Path("/sys/fs/cgroup/pids") / parent_name.strip("/")
+    pids: set[int] = set()
+    for procs in top.rglob("cgroup.procs") if top.is_dir() else []:
+        try:
+            pids.update(int(p) for p in procs.read_text().split())
+        except OSError:
+            pass
+    return sorted(pids)
+
+
 def remove_cgroups(parent_name: str) -> None:
     """rmdir the cgroup v1 (and unified) subtrees named parent_name, leaves first."""
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -257,6 +277,23 @@ def remove_cgroups(parent_name: str) -> None:
                 os.rmdir(dirpath)
             except OSError:
                 pass
+
+
+LIBCNI_CACHE = Path("/var/lib/cni/results")
+
+
+def forget_cni_cache(node: LabNode) -> None:
+    """Drop libcni result-cache entries (written by containerd and podman) whose network config
+    names this lab node's agent socket: after a crash no DEL ever removes them."""
+    needle = f"{node.cni_conf_dir.parent.parent}/"
+    for entry in LIBCNI_CACHE.glob("*") if LIBCNI_CACHE.is_dir() else []:
+        try:
+            cached = json.loads(entry.read_text())
+            config = base64.b64decode(cached.get("config", "")).decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if needle in config:
+            entry.unlink(missing_ok=True)
 
 
 def scrub_work_dir(work: Path) -> None:
@@ -297,7 +334,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.tracing.
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox_image}"
   restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
+  netns_mounts_under_state_dir = {netns_under_state_dir}
   enable_selinux = false
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
@@ -321,11 +358,13 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.tracing.
 
 @dataclass
 class Containerd:
-    """A private containerd process; `address` is its gRPC (and CRI) unix socket."""
+    """A private containerd process; `address` is its gRPC (and CRI) unix socket. Pod sandboxes
+    should use `cgroup_parent`, so teardown can find (and kill) every container process."""
     work: Path
     address: str
     proc: subprocess.Popen
     log: Path
+    cgroup_parent: str
 
     def ctr(self, *args: str, namespace: str = "k8s.io", check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess:
@@ -345,29 +384,54 @@ class Containerd:
     def import_image(self, archive: Path) -> None:
         self.ctr("images", "import", str(archive))
 
+    def remove_all_sandboxes(self, timeout: float = 20) -> None:
+        """Best effort, as a kubelet would on drain: stop and remove every pod sandbox over CRI,
+        so the CNI DELs run (addresses released, pod netns files unmounted)."""
+        import grpc
+        from cri_api.v1 import api_pb2 as pb, api_pb2_grpc as rpc
+        with grpc.insecure_channel(f"unix://{self.address}") as channel:
+            cri = rpc.RuntimeServiceStub(channel)
+            try:
+                items = cri.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=timeout).items
+                for sb in items:
+                    cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sb.id), timeout=timeout)
+                    cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sb.id),
+                                         timeout=timeout)
+            except grpc.RpcError:
+                pass
 
-def write_containerd_config(work: Path, node: LabNode, sandbox_image: str) -> Path:
+
+def write_containerd_config(work: Path, node: LabNode, sandbox_image: str,
+                            netns_under_state_dir: bool = True,
+                            conf_dir: Path | None = None) -> Path:
     cfg = work / "containerd.toml"
     cfg.write_text(CONTAINERD_CONFIG.format(
+        netns_under_state_dir=str(netns_under_state_dir).lower(),
         root=work / "root", state=work / "state", address=work / "containerd.sock",
         opt=work / "opt", sandbox_image=sandbox_image, cni_bin_dir=node.cni_bin_dir,
-        cni_conf_dir=node.cni_conf_dir))
+        cni_conf_dir=conf_dir or node.cni_conf_dir))
     return cfg
 
 
 @contextmanager
 def running_containerd(work: Path, node: LabNode, sandbox_image: str,
+                       netns_under_state_dir: bool = True, conf_dir: Path | None = None,
                        start_timeout: float = 20) -> Iterator[Containerd]:
     """Start containerd with a private config; on exit kill it by PID, its shims and containers
-    too, unmount what it mounted and delete `work` (also when the body raised)."""
+    too, unmount what it mounted and delete `work` (also when the body raised).
+
+    netns_under_state_dir=False makes containerd mount pod namespaces as /var/run/netns/cni-*
+    (its default); the caller then owns removing those it created (see `remove_netns_path`).
+    conf_dir defaults to the node's own CNI conf dir."""
     work.mkdir(parents=True, exist_ok=True)
-    cfg = write_containerd_config(work, node, sandbox_image)
+    cfg = write_containerd_config(work, node, sandbox_image, netns_under_state_dir, conf_dir)
     log = work / "containerd.log"
     address = str(work / "containerd.sock")
     with open(log, "wb") as logf:
         proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    cd = Containerd(work, address, proc, log)
+    cgroup_name = f"trt-{os.urandom(4).hex()}"
+    cd = Containerd(work, address, proc, log, f"/{cgroup_name}")
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -382,9 +446,28 @@ def running_containerd(work: Path, node: LabNode, sandbox_image: str,
         yield cd
     finally:
         if proc.poll() is None:
+            cd.remove_all_sandboxes()
             proc.kill()
         proc.wait()
+        for _ in range(3):  # containers outlive containerd and their shims: kill by cgroup
+            pids = cgroup_pids(cgroup_name)
+            if not pids:
+                break
+            kill_pids(pids)
+            time.sleep(0.1)
         scrub_work_dir(work)
+        remove_cgroups(cgroup_name)
+        forget_cni_cache(node)
+
+
+def remove_netns_path(path: str) -> None:
+    """Unmount and delete one pod netns file a runtime left behind (no-op if already gone)."""
+    if os.path.lexists(path):
+        subprocess.run(["umount", "-l", path], capture_output=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 # --- podman -------------------------------------------------------------------------------
@@ -416,12 +499,15 @@ class Podman:
     """podman with a private root, runroot and containers.conf, using a lab node's CNI."""
     work: Path
     node: LabNode
+    conf_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+    cgroup_parent: str = ""  # pass as --cgroup-parent, so teardown finds stray processes
 
     @property
     def base_argv(self) -> list[str]:
         return ["podman", "--root", str(self.work / "root"), "--runroot", str(self.work / "runroot"),
-                "--network-backend", "cni", "--cni-config-dir", str(self.node.cni_conf_dir),
+                "--network-backend", "cni", "--cni-config-dir", str(self.conf_dir),
                 "--cgroup-manager", "cgroupfs", "--events-backend", "file",
                 "--storage-driver", "overlay", "--tmpdir", str(self.work / "tmp")]
 
@@ -435,14 +521,16 @@ class Podman:
 
 
 @contextmanager
-def private_podman(work: Path, node: LabNode) -> Iterator[Podman]:
-    """A podman whose every path is under `work`; removed with its containers afterwards."""
+def private_podman(work: Path, node: LabNode, conf_dir: Path | None = None) -> Iterator[Podman]:
+    """A podman whose every path is under `work`; removed with its containers afterwards.
+    conf_dir defaults to the node's own CNI conf dir."""
+    conf_dir = conf_dir or node.cni_conf_dir
     for d in ("root", "runroot", "tmp", "static", "volumes", "home", "xdg"):
         (work / d).mkdir(parents=True, exist_ok=True)
     conf = work / "containers.conf"
     conf.write_text(CONTAINERS_CONF.format(
         events=work / "events.log", tmp=work / "tmp", static=work / "static",
-        volumes=work / "volumes", cni_bin_dir=node.cni_bin_dir, cni_conf_dir=node.cni_conf_dir))
+        volumes=work / "volumes", cni_bin_dir=node.cni_bin_dir, cni_conf_dir=conf_dir))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CONTAINERS_CONF": str(conf),
            "CONTAINERS_REGISTRIES_CONF": str(work / "registries.conf"),
            "CONTAINERS_STORAGE_CONF": str(work / "storage.conf"),
@@ -452,11 +540,111 @@ def private_podman(work: Path, node: LabNode) -> Iterator[Podman]:
     (work / "registries.conf").write_text('unqualified-search-registries = []\n')
     (work / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\nrunroot = "{work / "runroot"}"\ngraphroot = "{work / "root"}"\n')
-    pm = Podman(work, node, env)
+    cgroup_name = f"trt-{os.urandom(4).hex()}"
+    pm = Podman(work, node, conf_dir, env, cgroup_parent=f"/{cgroup_name}")
     try:
         yield pm
     finally:
         try:
             pm.run("rm", "--all", "--force", "--time", "0", check=False, timeout=60)
         finally:
+            kill_pids(cgroup_pids(cgroup_name))
             scrub_work_dir(work)
+            remove_cgroups(cgroup_name)
+            forget_cni_cache(node)
+
+
+# --- a libcni-like chain executor that can run plugins inside a namespace ------------------
+@dataclass
+class CniOutcome:
+    """One plugin call: exit code, stdout, stderr, and wall time (seconds)."""
+    plugin: str
+    verb: str
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout) if self.stdout.strip() else {}
+
+
+class CniChainError(RuntimeError):
+    def __init__(self, outcome: CniOutcome):
+        try:
+            msg = outcome.json.get("msg", outcome.stdout)
+        except ValueError:
+            msg = outcome.stdout or outcome.stderr
+        super().__init__(f"CNI {outcome.verb} of {outcome.plugin} failed "
+                         f"(exit {outcome.code}): {msg} {outcome.stderr.strip()}")
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class CniRuntime:
+    """What libcni does for one conflist: exec each plugin from bin_dir with the CNI environment,
+    name/cniVersion/prevResult/runtimeConfig injected. With `exec_netns` every plugin process is
+    started through `ip netns exec NS`, so reference plugins act on that namespace (a node's or
+    a bench namespace) and never on the machine's own."""
+    bin_dir: Path
+    netconf: dict
+    exec_netns: str | None = None
+
+    def plugin_config(self, plugin: dict, prev: dict | None, runtime_config: dict) -> dict:
+        conf = {k: v for k, v in plugin.items() if k != "capabilities"}
+        conf.update(name=self.netconf["name"], cniVersion=self.netconf["cniVersion"])
+        caps = {k: v for k, v in runtime_config.items() if plugin.get("capabilities", {}).get(k)}
+        if caps:
+            conf["runtimeConfig"] = caps
+        if prev is not None:
+            conf["prevResult"] = prev
+        return conf
+
+    def exec_plugin(self, plugin: dict, verb: str, container_id: str, netns: str, args: str,
+                    conf: dict, ifname: str = "eth0", timeout: float = 60) -> CniOutcome:
+        env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+               "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": str(self.bin_dir),
+               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        argv = [str(self.bin_dir / plugin["type"])]
+        if self.exec_netns:
+            argv = ["ip", "netns", "exec", self.exec_netns, *argv]
+        start = time.perf_counter()
+        p = subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True,
+                           text=True, timeout=timeout)
+        return CniOutcome(plugin["type"], verb, p.returncode, p.stdout, p.stderr,
+                          time.perf_counter() - start)
+
+    def add(self, container_id: str, netns: str, args: str = "", ifname: str = "eth0",
+            runtime_config: dict | None = None) -> dict:
+        """ADD through the chain; on a failure DEL what was added (as a runtime does) and raise."""
+        prev: dict | None = None
+        for plugin in self.netconf["plugins"]:
+            out = self.exec_plugin(plugin, "ADD", container_id, netns, args,
+                                   self.plugin_config(plugin, prev, runtime_config or {}), ifname)
+            if out.code != 0:
+                with suppress(CniChainError):
+                    self.delete(container_id, netns, args, ifname, prev, runtime_config)
+                raise CniChainError(out)
+            prev = out.json
+        return prev or {}
+
+    def delete(self, container_id: str, netns: str, args: str = "", ifname: str = "eth0",
+               prev: dict | None = None, runtime_config: dict | None = None) -> None:
+        """DEL in reverse order with the cached result as prevResult (spec 0.4.0+); raises on
+        the first failure."""
+        for plugin in reversed(self.netconf["plugins"]):
+            out = self.exec_plugin(plugin, "DEL", container_id, netns, args,
+                                   self.plugin_config(plugin, prev, runtime_config or {}), ifname)
+            if out.code != 0:
+                raise CniChainError(out)
+
+
+def plugin_bin_dir(dest: Path, plugins: dict[str, Path]) -> Path:
+    """A CNI bin dir of symlinks (name -> executable), e.g. the node's shim plus reference plugins."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, target in plugins.items():
+        link = dest / name
+        if not link.exists():
+            link.symlink_to(target)
+    return dest

@@ -108,6 +108,7 @@ class Lab:
             self._build_fabric(plan)
             self._start_etcd(plan)
             self._write_default_pool(plan)
+            self._write_bgp_records(plan)
             self._start_routers(plan)
             log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting "
                 f"{len(plan.nodes)} node agents")
@@ -179,6 +180,13 @@ class Lab:
         pool = replace(DEFAULT_POOL, encapsulation=plan.encap, encap_mode="CrossSubnet")
         etcdctl(plan.cp_netns, "put", keys.pool(pool.name), json.dumps(pool.to_dict(), sort_keys=True))
 
+    def _write_bgp_records(self, plan: LabPlan) -> None:
+        """Global BGP settings, peers and node ASNs, as `calico-lite bgp ...` would write them:
+        the agents take their peers from the datastore (lab.bgp_records says what per mode)."""
+        from calico_lite.lab.bgp_records import bgp_records
+        for key, value in bgp_records(plan).items():
+            etcdctl(plan.cp_netns, "put", key, json.dumps(value, sort_keys=True))
+
     def _start_routers(self, plan: LabPlan) -> None:
         spine_conf = render_frr_config(
             "spine", SPINE_AS, SPINE_CP_IP,
@@ -199,18 +207,66 @@ class Lab:
         paths = self.node_paths(node.name)
         install_cni(paths.bin_dir, paths.conf_dir, agent_socket=str(paths.socket),
                     log_file=str(paths.cni_log))
+        loopback = Path("/usr/lib/cni/loopback")  # containerd's CRI wants it beside ours
+        if loopback.exists():
+            shutil.copy2(loopback, paths.bin_dir / "loopback")
         argv = [sys.executable, "-m", "calico_lite.cli", "node", "run",
                 "--name", node.name, "--etcd-endpoints", plan.etcd_endpoint,
                 "--cni-socket", str(paths.socket), "--run-dir", str(paths.root),
                 "--address", node.address, "--subnet", node.subnet, "--as", str(node.asn),
                 "--rack", f"rack{node.rack}", "--label", f"rack=rack{node.rack}"]
-        for addr, asn in node.peers:
-            argv += ["--peer", f"{addr}:{asn}"]
-        if node.listen:
-            argv.append("--bgp-listen")
+        # BGP peers come from the datastore (_write_bgp_records); the argv is kept so that
+        # `lab node restart` starts the agent again exactly as before
+        paths.root.mkdir(parents=True, exist_ok=True)
+        (paths.root / "agent.argv").write_text(json.dumps(argv))
+        self._spawn_agent(node.name)
+
+    def _spawn_agent(self, name: str) -> int:
+        node, paths = self.plan.node(name), self.node_paths(name)
+        argv = json.loads((paths.root / "agent.argv").read_text())
         pid = pl.spawn(node.netns, argv, paths.agent_log,
                        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-        self.store.add_pid(f"agent:{node.name}", pid)
+        self.store.add_pid(f"agent:{name}", pid)
+        return pid
+
+    # --- node agents: restart, stop, start (graceful restart and failure tests) ----------
+    def exabgp_pid(self, name: str) -> int | None:
+        try:
+            pid = int((self.node_paths(name).root / "bgp" / "exabgp.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if pl.pid_alive(pid) else None
+
+    def node_stop(self, name: str, how: str = "detach", timeout: float = 15.0) -> None:
+        """Stop a node's agent. detach: SIGTERM, ExaBGP and routes stay (an upgrade);
+        withdraw: SIGUSR2, the agent withdraws its routes and stops ExaBGP (a clean
+        shutdown); kill: SIGKILL agent and ExaBGP (a crashed node)."""
+        self.plan.node(name)
+        pid = self.store.load().pids.get(f"agent:{name}")
+        exabgp = self.exabgp_pid(name)
+        sig = {"kill": 9, "withdraw": 12}.get(how, 15)
+        for p in (pid, exabgp if how == "kill" else None):
+            if p and pl.pid_alive(p):
+                os.kill(p, sig)
+        deadline = time.monotonic() + timeout
+        while pid and pl.pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise LabError(f"agent of {name} (pid {pid}) did not exit in {timeout:.0f}s")
+            time.sleep(0.02)
+        if how == "withdraw" and exabgp:
+            pl.kill_pids([exabgp], grace=5.0)   # normally gone already with the agent
+
+    def node_start(self, name: str) -> int:
+        pid = self.store.load().pids.get(f"agent:{name}")
+        if pid and pl.pid_alive(pid):
+            raise LabError(f"agent of {name} is running (pid {pid})")
+        return self._spawn_agent(name)
+
+    def node_restart(self, name: str) -> int:
+        """SIGTERM the agent and start it again with the same argv: the new agent adopts
+        the running ExaBGP, so neither peers nor pods notice (graceful restart)."""
+        self.node_stop(name, "detach")
+        return self._spawn_agent(name)
 
     def _wait_ready(self, plan: LabPlan) -> None:
         """Every agent serves its CNI socket and has all its BGP sessions Established."""

@@ -90,10 +90,13 @@ def delete_netns(name: str) -> None:
 
 
 def spawn(ns: str, argv: list[str], log: Path, env: dict | None = None) -> int:
-    """Start a daemon inside ns, detached from this process; returns its PID."""
+    """Start a daemon in network namespace ns, detached from this process; returns its PID."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=out,
+        # nsenter, not `ip netns exec`: the latter gives the daemon a private mount namespace,
+        # where netns files a runtime mounts later (e.g. under containerd's state dir) are empty
+        p = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", "--", *argv],
+                             stdout=out, stderr=out,
                              stdin=subprocess.DEVNULL, start_new_session=True,
                              env={**os.environ, **(env or {})})
     return p.pid

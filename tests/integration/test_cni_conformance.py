@@ -160,6 +160,7 @@ def test_second_add_for_an_existing_interface_fails_and_keeps_the_first(rt):
     ("missing-ifname", 4, "CNI_IFNAME"),
     ("missing-netns", 4, "CNI_NETNS"),
     ("bogus-netns", 4, "does not exist"),
+    ("plain-file-netns", 4, "is not a network namespace"),
     ("bad-mtu", 7, "mtu"),
 ])
 def test_bad_input_gets_a_clear_spec_error_and_holds_nothing(rt, case, expect_code, needle):
@@ -178,9 +179,16 @@ def test_bad_input_gets_a_clear_spec_error_and_holds_nothing(rt, case, expect_co
         ns = ""
     elif case == "bogus-netns":
         ns = "/var/run/netns/does-not-exist-" + c[:6]
+    elif case == "plain-file-netns":
+        ns = f"/run/calico-lite-conformance-{c[:6]}"
+        open(ns, "w").close()
     elif case == "bad-mtu":
         kw["extra"] = {"mtu": "jumbo"}
-    code, err = rt.call("ADD", c, ns, **kw)
+    try:
+        code, err = rt.call("ADD", c, ns, **kw)
+    finally:
+        if case == "plain-file-netns":
+            os.unlink(ns)
     assert code != 0 and err["code"] == expect_code and needle in err["msg"], err
     assert set(err) >= {"cniVersion", "code", "msg"}
     assert rt.used() == before and rt.host_links() == links

@@ -22,7 +22,7 @@ def test_installs_the_static_shim_and_a_valid_conflist(tmp_path, shim):
     ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
     assert "not a dynamic executable" in ldd.stdout + ldd.stderr
     conf = json.loads((tmp_path / "net.d" / "10-calico-lite.conflist").read_text())
-    assert conf["cniVersion"] == "1.1.0" and conf["name"] == "k8s-pod-network"
+    assert conf["cniVersion"] == "1.0.0" and conf["name"] == "k8s-pod-network"
     plugin = conf["plugins"][0]
     assert plugin["type"] == "calico-lite" and plugin["agent_socket"] == "/run/x/cni.sock"
     assert plugin["mtu"] == 1400

@@ -17,8 +17,8 @@ import pytest
 
 from tests.e2e.labutil import lab_name, running_lab
 from tests.runtime_support import (
-    Containerd, LabNode, LocalImages, build_images, cali_links, ipam_used, lab_node, lab_pods,
-    remove_cgroups, running_containerd,
+    Containerd, LabNode, LocalImages, build_images, cali_links, ipam_used,
+    lab_node, lab_pods, remove_netns_path, running_containerd,
 )
 
 grpc = pytest.importorskip("grpc")
@@ -51,20 +51,41 @@ def images(work) -> LocalImages:
 
 @pytest.fixture(scope="module")
 def containerd(work, node, images):
-    with running_containerd(work / "containerd", node, images.pause_ref) as cd:
+    """A private containerd reading the node's own CNI bin and conf dirs, mounting pod
+    namespaces under its state dir (the agent reaches them through the shim's /proc root)."""
+    with running_containerd(work / "containerd", node, images.pause_ref,
+                            netns_under_state_dir=True, conf_dir=None) as cd:
         cd.import_image(images.pause_tar)
         cd.import_image(images.busybox_tar)
         yield cd
 
 
-@pytest.fixture(scope="module")
-def cgroup_parent():
-    """A cgroup parent of our own, so a failed run leaves no cgroup behind that we can't find."""
-    name = f"trt-{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def netns_paths():
+    """Pod netns files containerd mounted; removed afterwards in case a test left them."""
+    paths: list[str] = []
     try:
-        yield f"/{name}"
+        yield paths
     finally:
-        remove_cgroups(name)
+        for path in paths:
+            remove_netns_path(path)
+
+
+def run_sandbox(cri, cfg, netns_paths: list[str]) -> str:
+    """RunPodSandbox, and remember the sandbox's netns path for cleanup."""
+    sandbox_id = cri.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+    resp = cri.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id,
+                                                           verbose=True))
+    info = json.loads(resp.info.get("info", "{}"))
+    for ns in info.get("runtimeSpec", {}).get("linux", {}).get("namespaces", []):
+        if ns.get("type") == "network" and ns.get("path"):
+            netns_paths.append(ns["path"])
+    return sandbox_id
+
+
+def remove_sandbox(cri, sandbox_id: str) -> None:
+    cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +132,14 @@ def cni_log_events(node: LabNode, container_id: str) -> list[dict]:
     return events
 
 
-def test_pod_sandbox_lifecycle_through_cri(cri, containerd, node, images, work, cgroup_parent):
+def test_pod_sandbox_lifecycle_through_cri(cri, containerd, node, images, work, netns_paths):
     used_before = ipam_used(node.lab)
     namespace, pod, uid = "rt-ns", f"web-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
     logs = work / "pod-logs" / pod
     logs.mkdir(parents=True)
-    cfg = sandbox_config(namespace, pod, uid, logs, cgroup_parent)
+    cfg = sandbox_config(namespace, pod, uid, logs, containerd.cgroup_parent)
 
-    sandbox_id = cri.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+    sandbox_id = run_sandbox(cri, cfg, netns_paths)
     removed = False
     try:
         status = cri.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status
@@ -152,14 +173,12 @@ def test_pod_sandbox_lifecycle_through_cri(cri, containerd, node, images, work, 
         cri.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
         cri.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
 
-        cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
-        cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        remove_sandbox(cri, sandbox_id)
         removed = True
     finally:
         if not removed:  # leave no address or link behind for the module's other checks
             try:
-                cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
-                cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+                remove_sandbox(cri, sandbox_id)
             except grpc.RpcError:
                 pass
 
@@ -176,15 +195,17 @@ def test_pod_sandbox_lifecycle_through_cri(cri, containerd, node, images, work, 
     assert sandbox_id not in [s.id for s in listed]
 
 
-def test_concurrent_sandboxes_get_distinct_addresses_and_all_release(cri, node, work, cgroup_parent):
+def test_several_sandboxes_get_distinct_addresses_and_all_release(cri, containerd, node, work,
+                                                                  netns_paths):
     used_before = ipam_used(node.lab)
     ids: list[str] = []
     try:
         for i in range(3):
             logs = work / "pod-logs" / f"multi-{i}"
             logs.mkdir(parents=True, exist_ok=True)
-            cfg = sandbox_config("rt-multi", f"p{i}", str(uuid.uuid4()), logs, cgroup_parent)
-            ids.append(cri.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg)).pod_sandbox_id)
+            cfg = sandbox_config("rt-multi", f"p{i}", str(uuid.uuid4()), logs,
+                                 containerd.cgroup_parent)
+            ids.append(run_sandbox(cri, cfg, netns_paths))
         ips = [cri.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=s)).status.network.ip
                for s in ids]
         assert len(set(ips)) == 3 and all(ip.startswith("10.244.") for ip in ips), ips
@@ -193,7 +214,6 @@ def test_concurrent_sandboxes_get_distinct_addresses_and_all_release(cri, node, 
         assert len(cali_links(node.netns)) == 3
     finally:
         for s in ids:
-            cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=s))
-            cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=s))
+            remove_sandbox(cri, s)
     assert ipam_used(node.lab) == used_before
     assert cali_links(node.netns) == []
