@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client frr gobgpd nftables iproute2 iputils-ping iperf3 procps psmisc gcc libc6-dev make \
-  containerd runc containernetworking-plugins podman busybox-static
+  containerd runc containernetworking-plugins podman busybox-static qemu-system-x86
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 SHIM := build/calico-lite

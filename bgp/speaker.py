@@ -12,6 +12,16 @@ up. A new Speaker on the same workdir with the same configuration adopts it inst
 restarting it (the relay reconnects by itself), and reads back the neighbour states and
 ExaBGP's Adj-RIB-In to rebuild what was learned (`synced()` tells when): peers never see
 the agent restart. (A ROUTE-REFRESH would not do: FRR 8.4 does not answer it with updates.)
+
+- `detach()` is how an agent leaves on SIGTERM: ExaBGP, its sessions and the kernel routes
+  stay for the next agent to adopt. `stop()` withdraws everything first, then stops ExaBGP.
+- `reconfigure(cfg)` applies new peers to the running ExaBGP (SIGUSR1 reload); a session
+  ExaBGP re-establishes for new settings keeps its paths (stale) until End-of-RIB.
+- Graceful restart: with `graceful_restart` set, ExaBGP advertises the capability, so peers
+  keep our routes while a crashed ExaBGP is restarted; on our side the kernel routes stay
+  (`synced()` False) until every peer is back and has sent End-of-RIB, or the time is over.
+- Route reflection (`cluster_id` set): paths from iBGP peers are re-announced per RFC 4456
+  (bgp.reflect), since ExaBGP has no RIB to reflect from.
 """
 from __future__ import annotations
 
@@ -45,6 +55,7 @@ CONFIG_NAME = "exabgp.conf"
 PID_NAME = "exabgp.pid"
 ENV_NAME = "exabgp.env.json"   # the environment it was started with (adoption compares it)
 UNIX_PATH_MAX = 107
+STALE_SETTLE = 2.0   # s after a re-established session that its stale paths still count
 
 
 class SpeakerError(RuntimeError):
@@ -102,6 +113,8 @@ class Speaker:
         self._eor: set[str] = set()             # peers that sent End-of-RIB since (re)start
         self._replacing = False                 # we stop ExaBGP to apply a new config
         self._reload_pending = False            # SIGUSR1 once the relay is connected
+        self._restarting: dict[str, float] = {}  # peer -> until when its stale paths count
+        self._stale: dict[str, dict[str, LearnedPath]] = {}     # peer -> prefix -> path
         self.reconfigurations = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -149,8 +162,11 @@ class Speaker:
                  self.workdir, [p.address for p in self.cfg.peers])
 
     def stop(self) -> None:
-        """Stop ExaBGP (SIGTERM: peers get a Cease and withdraw at once; SIGKILL after
-        stop_timeout), its relay, and the socket. Learned state is dropped."""
+        """Withdraw everything we announce, then stop ExaBGP (SIGTERM; SIGKILL after
+        stop_timeout), its relay, and the socket. Learned state is dropped. The explicit
+        withdrawal matters with graceful restart: ExaBGP then closes its sessions without a
+        NOTIFICATION, and the peers would keep our routes for the restart time."""
+        self._withdraw_all()
         self._stopping.set()
         with self._lock:
             proc, adopted = self._proc, self._adopted
@@ -179,6 +195,35 @@ class Speaker:
         log.info("bgp speaker stopped workdir=%s", self.workdir)
         if changed:
             self._notify()
+
+    def _withdraw_all(self, timeout: float = 1.0) -> None:
+        with self._lock:
+            if self._conn is None:
+                return
+            for prefix in sorted(self._desired):
+                self._send(f"withdraw route {prefix} next-hop self")
+            for peer, routes in self._reflected.items():
+                for prefix, r in sorted(routes.items()):
+                    self._send(withdraw_command(peer, prefix, r))
+            self._reflected = {}
+        self._wait_acks(timeout)                  # ExaBGP acknowledges once it has queued them
+        time.sleep(0.05)                          # and writes them out right after
+        with self._lock:
+            # a Cease (administrative shutdown) to every peer: with graceful restart ExaBGP
+            # would otherwise just close, and the peers would wait for us to come back
+            for addr, st in self._peers.items():
+                if st.state == "Established":
+                    self._send(f"neighbor {addr} teardown 2")
+        self._wait_acks(timeout)
+        time.sleep(0.05)
+
+    def _wait_acks(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending or self._conn is None:
+                    return
+            time.sleep(0.01)
 
     def detach(self) -> None:
         """Stop talking to ExaBGP but leave it running, sessions and routes included, for
@@ -213,6 +258,7 @@ class Speaker:
                     del self._peers[addr]
                     self._learned.pop(addr, None)
                     self._reflected.pop(addr, None)
+            before = {p.address: p for p in old.peers}
             for p in cfg.peers:
                 s = self._peers.get(p.address)
                 if s is None:
@@ -220,6 +266,9 @@ class Speaker:
                                                        since=now)
                 elif s.peer_as != p.peer_as:
                     self._peers[p.address] = _replace(s, peer_as=p.peer_as)
+                if p.address in before and before[p.address] != p:
+                    # ExaBGP re-establishes this session: keep what it sent meanwhile
+                    self._restarting[p.address] = time.monotonic() + self._grace(p)
             self.reconfigurations += 1
             if not self._threads:
                 return "unchanged"                   # not started: start() writes it
@@ -330,6 +379,12 @@ class Speaker:
         """prefix -> every path currently learned for it, from any peer."""
         out: dict[str, set[LearnedPath]] = {}
         with self._lock:
+            self._expire_stale()
+            for peer, paths in self._stale.items():   # a re-establishing session's paths
+                fresh = self._learned.get(peer, {})
+                for prefix, path in paths.items():
+                    if prefix not in fresh:
+                        out.setdefault(prefix, set()).add(path)
             for paths in self._learned.values():
                 for prefix, path in paths.items():
                     out.setdefault(prefix, set()).add(path)
@@ -551,7 +606,9 @@ class Speaker:
             return self._update(event)
         if isinstance(event, EndOfRib):
             self._eor.add(event.peer)
-            return self._check_resynced()
+            self._restarting.pop(event.peer, None)
+            stale = self._stale.pop(event.peer, None)
+            return self._check_resynced() or bool(stale)
         if isinstance(event, Notification):
             log.warning("bgp notification from %s code=%s subcode=%s %s", event.peer,
                         event.code, event.subcode, event.message)
@@ -609,11 +666,41 @@ class Speaker:
             self._reflected.pop(ev.peer, None)
             self._reflect()
             changed |= self._check_resynced()
+            if ev.peer in self._restarting:
+                # a peer without graceful restart sends no End-of-RIB: its initial updates
+                # come right away, so stale paths go after a short settle time anyway
+                until = min(self._restarting[ev.peer], time.monotonic() + STALE_SETTLE)
+                self._restarting[ev.peer] = until
+                timer = threading.Timer(STALE_SETTLE + 0.05, self._expire_and_notify)
+                timer.daemon = True
+                timer.start()
         else:
             self._reflected.pop(ev.peer, None)
-            if self._learned.pop(ev.peer, None):
+            paths = self._learned.pop(ev.peer, None)
+            if ev.peer in self._restarting and state == "Idle":
+                # a session we re-establish (new settings): its paths stay as stale ones
+                # until the peer has sent them again (End-of-RIB) or the grace time is over
+                self._stale[ev.peer] = {**self._stale.get(ev.peer, {}), **(paths or {})}
+            elif paths:
                 changed = True
         return changed
+
+    def _grace(self, p: PeerConfig) -> float:
+        return float(max(self.cfg.graceful_restart, 10) + p.hold_time)
+
+    def _expire_and_notify(self) -> None:
+        with self._lock:
+            before = len(self._stale)
+            self._expire_stale()
+            changed = len(self._stale) != before
+        if changed:
+            self._notify()
+
+    def _expire_stale(self) -> None:
+        now = time.monotonic()
+        for peer in [a for a, until in self._restarting.items() if until < now]:
+            del self._restarting[peer]
+            self._stale.pop(peer, None)
 
     def _reflect(self) -> None:
         """Route reflector (cluster_id set; lock held): make what we re-announce to each
@@ -643,9 +730,11 @@ class Speaker:
         if ev.peer not in self._peers:
             return False
         paths = self._learned.setdefault(ev.peer, {})
+        stale = self._stale.get(ev.peer, {})
         changed = False
         for prefix in ev.withdrawn:
             changed |= paths.pop(prefix, None) is not None
+            changed |= stale.pop(prefix, None) is not None
         for prefix, path in ev.announced:
             if paths.get(prefix) != path:
                 paths[prefix] = path

@@ -179,6 +179,7 @@ class NodeAgent:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.cache.wake()  # loops waiting on the cache see the stop now, not at their resync
         if self.server:
             self.server.stop()
         for t in self.threads:
@@ -187,9 +188,16 @@ class NodeAgent:
         if self.netlink:
             self.netlink.close()
 
+    def leave(self) -> None:
+        """Stop for good (SIGUSR2): withdraw the node's routes and stop ExaBGP, whatever
+        --on-exit says (SIGTERM keeps them for the next agent: a restart or upgrade)."""
+        self.routing.on_exit = "stop"
+        self.stop_event.set()
+
     def run_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGUSR2, lambda *_: self.leave())
         self.start()
         self.stop_event.wait()
         self.stop()

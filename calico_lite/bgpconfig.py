@@ -162,9 +162,22 @@ def node_speaker_config(
         for p in sorted(peers, key=lambda p: p.name):
             try:
                 if p.node:
-                    if p.node != node:
-                        continue
-                elif not parse_selector(p.node_selector).matches(me.labels):
+                    selected = p.node == node
+                else:
+                    selected = parse_selector(p.node_selector).matches(me.labels)
+                if p.peer_selector and parse_selector(p.peer_selector).matches(me.labels):
+                    # the other side of a node-to-node peering (as Calico): peer back with
+                    # the nodes the record selects, e.g. a route reflector with its clients
+                    password = secrets.get(p.password_secret) if p.password_secret else None
+                    for other in sorted(nodes.values(), key=lambda n: n.name):
+                        chosen = other.name == p.node if p.node else \
+                            parse_selector(p.node_selector).matches(other.labels)
+                        if (other.name != node and other.address and chosen
+                                and other.address not in by_addr
+                                and (password or not p.password_secret)):
+                            add(other.address, node_as(other), p.hold_time, password,
+                                f"peer {p.name} ({other.name})")
+                if not selected:
                     continue
                 password = None
                 if p.password_secret:

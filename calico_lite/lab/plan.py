@@ -19,7 +19,7 @@ ETCD_IP = "10.97.0.10"
 CP_SUBNET = "10.97.0.0/24"
 SPINE_CP_IP = "10.97.0.1"
 POD_POOL = "10.244.0.0/16"
-BGP_MODES = ("tor", "mesh")
+BGP_MODES = ("tor", "mesh", "rr")  # rr: route reflector nodes (lab.bgp_records)
 ENCAPS = ("none", "vxlan", "ipip")  # the default pool's encapsulation (mode CrossSubnet)
 
 
