@@ -99,7 +99,8 @@ class RoutingController:
 
     def status(self, own: set[str], plan) -> dict:
         """What `node status` shows: peers, own blocks, installed routes, skipped paths."""
-        skipped = [s for s in plan.skipped if s.prefix not in own]
+        # one line per prefix, next hop and reason, however many peers sent that path
+        skipped = list(dict.fromkeys(s for s in plan.skipped if s.prefix not in own))
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
                 "blocks": sorted(own),
                 "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": r.encap}
