@@ -28,7 +28,7 @@ from calico_lite.lab.plan import (ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanE
 from calico_lite.lab.probe import Endpoint, probe_all, probe_from
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import StateStore
-from plugin.netns import enter
+from plugin.netns import enter, setns
 
 READY_TIMEOUT = 90.0
 
@@ -86,9 +86,18 @@ class Lab:
         thread), so it must come after any work that needs the machine's own namespace.
         """
         if self._ds is None:
+            self._home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             enter(f"/var/run/netns/{self.plan.cp_netns}")
             self._ds = Datastore(["http://127.0.0.1:2379"])
         return self._ds
+
+    def _leave_datastore(self) -> None:
+        """Back to the namespace we came from, so removing the lab's cannot take us with it."""
+        if self._ds is not None:
+            self._ds.close()
+            setns(self._home, "the original network namespace")
+            os.close(self._home)
+            self._ds = None
 
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
@@ -335,6 +344,7 @@ class Lab:
     # --- down ----------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Remove every process, namespace and file of the lab; safe after any crash."""
+        self._leave_datastore()
         st = self.store.load()
         pl.kill_pids(list(st.pids.values()), grace=3.0)
         removed = []

@@ -55,9 +55,9 @@ def netns_pids(name: str) -> list[int]:
 
 
 def kill_pids(pids: list[int], grace: float = 2.0) -> None:
-    """SIGTERM, wait up to grace seconds, then SIGKILL what is left."""
+    """SIGTERM, wait up to grace seconds, then SIGKILL what is left (never this process)."""
     alive = []
-    for pid in pids:
+    for pid in set(pids) - {os.getpid()}:
         try:
             os.kill(pid, signal.SIGTERM)
             alive.append(pid)

@@ -140,3 +140,28 @@ def test_down_after_kill_9_leaves_nothing():
     assert alive == []
     leftovers = os.popen("ps -eo args").read()
     assert f"/labs/{name}/" not in leftovers
+
+
+def test_down_from_the_process_that_used_the_lab_datastore_survives_it():
+    """Lab.datastore() moves the process into the lab's control plane; down() must bring it
+    back before removing that namespace, not kill its own caller."""
+    name = lab_name("self")
+    script = (
+        "import os\n"
+        "from calico_lite.lab.lab import Lab\n"
+        "home = os.readlink('/proc/self/ns/net')\n"
+        f"lab = Lab({name!r})\n"
+        "try:\n"
+        "    lab.up(1, 1, 'tor', log=lambda m: None)\n"
+        "    assert lab.datastore().healthy()\n"
+        "finally:\n"
+        "    lab.down()\n"
+        "print('home' if os.readlink('/proc/self/ns/net') == home else 'lost')\n")
+    import subprocess
+    import sys
+    try:
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout.strip() == "home", p.stderr[-2000:]
+    finally:
+        lab_cli("lab", "down", "--name", name, check=False)
+    assert lab_namespaces(name) == []
