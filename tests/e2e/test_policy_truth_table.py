@@ -105,7 +105,7 @@ def per_port(default: Reachability, **overrides: Reachability) -> dict[Port, Rea
 def render_matrix(pods: tuple[str, ...], cell: Callable[[str, str], str]) -> str:
     lines = ["        " + " ".join(f"{p:>4}" for p in pods)]
     for a in pods:
-        lines.append(f"{a:>6}  " + " ".join(f"{'-' if a == b else cell(a, b):>4}" for b in pods))
+        lines.append(f"{a:>6}  " + " ".join(f"{'' if a == b else cell(a, b):>4}" for b in pods))
     return "\n".join(lines)
 
 
