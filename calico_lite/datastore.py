@@ -14,7 +14,6 @@ import grpc
 import pyetcd
 import pyetcd.events
 
-from calico_lite import keys
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -164,10 +163,3 @@ class Datastore:
             self._client.cancel_watch(watch_id)
         except Exception:  # the channel may already be gone at shutdown
             pass
-
-
-def connect(endpoints: Iterable[str]) -> Datastore:
-    return Datastore(endpoints)
-
-
-__all__ = ["Datastore", "DatastoreUnavailable", "Entry", "Op", "connect", "keys"]
