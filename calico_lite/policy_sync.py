@@ -17,6 +17,7 @@ from calico_lite.cache import Cache
 from calico_lite.policy_inputs import inputs_from
 from policy.applier import RulesetApplier
 from policy.compiler import compile_ruleset
+from policy.conntrack import forget_udp_flows
 from policy.nft import NftError
 
 log = logging.getLogger("calico-lite.policy")
@@ -34,6 +35,7 @@ class PolicyController:
         self.node_ips = node_ips
         self.publish = publish
         self.applier: RulesetApplier | None = None
+        self._policy_view: str | None = None
 
     def sync_once(self, generation: int) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
@@ -43,11 +45,22 @@ class PolicyController:
         compiled = time.perf_counter()
         assert self.applier
         result = self.applier.update(ruleset)
+        # policies and labels decide who may talk; when they change, established UDP flows of
+        # local pods are forgotten so each is judged again (not on the first pass: a restarted
+        # agent inherits flows its predecessor's identical rules allowed)
+        view = repr([sorted(self.cache.items(p).items()) for p in (
+            keys.K8S_POLICIES, keys.K8S_NAMESPACES)] + sorted((p.namespace, p.name, p.labels)
+                                                               for p in pods))
+        forgotten = 0
+        if self._policy_view is not None and view != self._policy_view:
+            forgotten = forget_udp_flows({p.ip for p in pods if p.interface})
+        self._policy_view = view
         return {"node": self.node, "generation": generation, "revision": revision,
                 "mode": result.mode,
                 "compile_ms": round((compiled - start) * 1e3, 1),
                 "nft_ms": round(result.seconds * 1e3, 1), "policies": len(policies),
                 "local_pods": sum(1 for p in pods if p.interface), "error": "",
+                "udp_flows_forgotten": forgotten,
                 "updated": time.time(), **ruleset.stats()}
 
     def run(self, stop: threading.Event) -> None:

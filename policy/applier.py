@@ -2,8 +2,10 @@
 
 `sync` replaces the whole `inet calico-lite` table in one transaction: if nft rejects any part,
 nothing changes and the previous rules stay in force. `update` sends only what differs from the
-last applied Ruleset (set and map elements, per-pod chains), falling back to `sync` when the
-change is structural or the incremental transaction is refused (e.g. someone edited the table).
+last applied Ruleset (set and map elements, named sets and per-pod chains coming, going or
+refilled, all in one transaction), falling back to `sync` when the change is structural (base
+chains, maps, a set retyped) or the incremental transaction is refused (e.g. someone edited the
+table).
 No other table is ever touched.
 """
 from __future__ import annotations

@@ -163,34 +163,63 @@ def render_delete(rs_ref: str = f"{FAMILY} {TABLE}") -> str:
 
 # ---------------------------------------------------------------- incremental
 
+def _set_declaration(t: str, s: NftSet) -> str:
+    """One `add set` command creating the set with its elements (for sets a change brings in)."""
+    parts = [f"type {s.type};"]
+    if s.interval:
+        parts.append("flags interval;")
+    if s.comment:
+        parts.append(f"comment {quote(s.comment)};")
+    if s.elements:
+        parts.append(f"elements = {{ {', '.join(sorted(s.elements))} }};")
+    return f"add set {t} {s.name} {{ {' '.join(parts)} }}"
+
+
 def _is_structural(old: Ruleset, new: Ruleset) -> str | None:
-    """Why the change needs a full sync, or None when it is elements and regular chains only."""
+    """Why the change needs a full sync, or None when the incremental path can express it.
+
+    Sets and regular chains may come and go; what exists on both sides must keep its definition
+    (nft cannot retype a set or change a set's or chain's comment in place), and maps and base
+    chains are fixed by the compiler, so a change there means a new table shape.
+    """
     if (old.family, old.table) != (new.family, new.table):
         return "table renamed"
-    if {n: s.definition() for n, s in old.sets.items()} != {n: s.definition() for n, s in new.sets.items()}:
-        return "sets added, removed or retyped"
+    for name in old.sets.keys() & new.sets.keys():
+        a, b = old.sets[name], new.sets[name]
+        if a.definition() != b.definition() or a.comment != b.comment:
+            return f"set {name} retyped"
     if {n: m.key_type for n, m in old.maps.items()} != {n: m.key_type for n, m in new.maps.items()}:
         return "maps added, removed or retyped"
     old_base = {n: c for n, c in old.chains.items() if c.hook}
     new_base = {n: c for n, c in new.chains.items() if c.hook}
     if old_base != new_base:
         return "base chains changed"
+    for name in old.chains.keys() & new.chains.keys():
+        if bool(old.chains[name].hook) != bool(new.chains[name].hook):
+            return f"chain {name} became or stopped being a base chain"
+        if old.chains[name].comment != new.chains[name].comment:
+            return f"chain {name} comment changed"
     return None
 
 
 def render_update(old: Ruleset, new: Ruleset) -> tuple[str | None, str]:
-    """(nft text of a small transaction turning `old` into `new`, or None if a full sync is needed;
+    """(nft text of ONE transaction turning `old` into `new`, or None if a full sync is needed;
     a short summary). An empty text means nothing changed.
 
-    Order inside the transaction: drop dispatch entries and set elements that go away, create and
-    refill chains, add elements, then delete chains nothing jumps to any more.
+    Order inside the transaction, so that nothing is referenced before it exists or deleted while
+    still referenced: drop dispatch entries and set elements that go away; create new sets (with
+    their elements); create new chains and flush-and-refill changed ones (their rules may name the
+    new sets); add elements to kept sets and dispatch entries (which jump to the new chains); flush
+    and delete chains nothing jumps to any more; last, delete sets no rule names any more (every
+    rule that named one sat in a chain flushed above, since a rule's text carries the set's name).
     """
     reason = _is_structural(old, new)
     if reason:
         return None, reason
     t = new.ref
     out: list[str] = []
-    counts = {"map-": 0, "map+": 0, "elem-": 0, "elem+": 0, "chain+": 0, "chain~": 0, "chain-": 0}
+    counts = {"map-": 0, "map+": 0, "elem-": 0, "elem+": 0, "set+": 0, "set-": 0,
+              "chain+": 0, "chain~": 0, "chain-": 0}
     map_adds: list[str] = []
     for name, m in new.maps.items():
         before, after = old.maps[name].as_dict(), m.as_dict()
@@ -204,6 +233,8 @@ def render_update(old: Ruleset, new: Ruleset) -> tuple[str | None, str]:
         counts["map+"] += len(came)
     elem_adds: list[str] = []
     for name, s in new.sets.items():
+        if name not in old.sets:
+            continue
         gone = sorted(old.sets[name].elements - s.elements)
         came = sorted(s.elements - old.sets[name].elements)
         if gone:
@@ -212,6 +243,10 @@ def render_update(old: Ruleset, new: Ruleset) -> tuple[str | None, str]:
             elem_adds.append(f"add element {t} {name} {{ {', '.join(came)} }}")
         counts["elem-"] += len(gone)
         counts["elem+"] += len(came)
+    for name, s in new.sets.items():
+        if name not in old.sets:
+            out.append(_set_declaration(t, s))
+            counts["set+"] += 1
     for name, c in new.chains.items():
         if c.hook:
             continue
@@ -230,5 +265,9 @@ def render_update(old: Ruleset, new: Ruleset) -> tuple[str | None, str]:
         if not c.hook and name not in new.chains:
             out += [f"flush chain {t} {name}", f"delete chain {t} {name}"]
             counts["chain-"] += 1
+    for name in old.sets:
+        if name not in new.sets:
+            out.append(f"delete set {t} {name}")
+            counts["set-"] += 1
     summary = " ".join(f"{k}{v}" for k, v in counts.items() if v) or "no change"
     return ("\n".join(out) + "\n") if out else "", summary

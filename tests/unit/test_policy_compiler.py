@@ -194,10 +194,11 @@ def test_update_label_change_rewrites_only_that_chain():
     assert "add chain inet calico-lite ing_calicli" in text and "caliweb" not in text
 
 
-def test_policy_change_is_structural():
+def test_policy_change_is_incremental_but_base_chain_change_is_structural():
     a = compile_ruleset(np("a", "p1", "podSelector: {}"), pods(), NS, [])
     b = compile_ruleset(np("a", "p1", "podSelector: {}\ningress: [{from: [{podSelector: {}}]}]"), pods(), NS, [])
-    assert render_update(a, b)[0] is None
+    text, summary = render_update(a, b)
+    assert text is not None and "set+1" in summary and "chain~2" in summary, summary
     c = compile_ruleset(np("a", "p1", "podSelector: {}"), pods(), NS, [])
     c.chains["forward"] = Chain("forward", (Rule((), "accept"),), hook="forward")
     assert render_update(a, c) == (None, "base chains changed")
