@@ -315,6 +315,23 @@ spec:
         time.sleep(0.2)
 
 
+def full_sync(cl: Cluster, lab_name: str, node: str, fig: Figures) -> None:
+    """Policy changes are incremental, so a full sync happens when an agent starts: restart the
+    agent on `node` (graceful: routes and table stay) and take its first pass."""
+    before = cl.policy_status(node).get("updated", 0.0)
+    cli("lab", "node", "restart", node, "--name", lab_name)
+    deadline = time.monotonic() + 120
+    while True:
+        s = cl.policy_status(node)
+        if s.get("updated", 0.0) > before and s.get("mode") == "sync":
+            fig.syncs.append(Sample(node, "sync", s.get("compile_ms", 0.0), s.get("nft_ms", 0.0),
+                                    s.get("rules", 0), s.get("local_pods", 0)))
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no full sync seen on {node} after its agent restarted")
+        time.sleep(0.05)
+
+
 def one_pod(cl: Cluster, gen_pods, repeat: int, fig: Figures) -> None:
     """Add one fake pod (selected by policies and a peer of many) and remove it, `repeat` times."""
     template = next(p for p in gen_pods if p.labels.get("tier") == "db")
@@ -409,6 +426,8 @@ spec: {{podSelector: {{matchLabels: {{role: target}}}}, policyTypes: [Ingress]}}
         print("raw load of the same ruleset, scratch netns:", flush=True)
         big = max(NODES, key=lambda n: cl.policy_status(n).get("rules", 0))
         raw_load(cl, big, 5, fig)
+        print(f"full sync by the agent on {big} (its first pass after a restart):", flush=True)
+        full_sync(cl, args.name, big, fig)
 
         print("one pod added (datastore record on r1n1), incremental update:", flush=True)
         one_pod(cl, gen_pods, 3 if q else 7, fig)
