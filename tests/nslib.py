@@ -47,3 +47,17 @@ def remove_netns_with_prefix(prefix: str) -> None:
         if p.exists():
             subprocess.run(["umount", str(p)], capture_output=True)
             p.unlink(missing_ok=True)
+
+
+def wait_for(check, what: str, timeout: float = 30.0, interval: float = 0.05):
+    """Poll check() until it returns a truthy value and return it; fail with the last value
+    seen. For eventual state (routes, sessions), never as a timing assertion."""
+    import time
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

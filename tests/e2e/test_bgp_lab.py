@@ -19,19 +19,11 @@ import pytest
 
 from tests.conftest import REPO, lab_cli
 from tests.e2e.labutil import lab_name, run_dir, running_lab, status
+from tests.nslib import wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def wait_for(check, what: str, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def node_status(lab: str, node: str) -> dict:

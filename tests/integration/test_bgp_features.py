@@ -112,6 +112,7 @@ import pytest  # noqa: E402
 
 from calico_lite.lab.frr import FrrRouter  # noqa: E402
 from tests.nslib import remove_netns_with_prefix, sh, unique_prefix  # noqa: E402
+from tests.nslib import wait_for as _wait_for  # noqa: E402
 
 
 def peer(address: str, asn: int, **kw) -> dict:
@@ -239,14 +240,7 @@ def fabric(tmp_path):
 
 
 def wait_for(check, what: str, timeout: float = DEADLINE, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    return _wait_for(check, what, timeout, interval)
 
 
 def tor_config(name: str, asn: int, address: str, remote: str = "external", *,
