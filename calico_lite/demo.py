@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = lab.probe(80, "tcp")
     print(format_probe(rows))
     ok = all(r["connected"] for r in rows)
-    print(f"\nLook around: .venv/bin/calico-lite lab status --name {args.name} | node status --lab "
-          f"{args.name} | lab exec demo/pod-r1n1 -- ping -c1 <ip>;  take it down: make lab-down")
+    first, second = plan.nodes[0].name, plan.nodes[-1].name
+    target = next(r["to"] for r in rows if r["to"].endswith(second))
+    ip = next(p["ip"] for p in lab.pods() if f"{p['namespace']}/{p['name']}" == target)
+    print(f"\nLab left running. Look around: `.venv/bin/calico-lite lab status`, `... node status "
+          f"--lab {args.name}`, `... lab exec demo/pod-{first} -- ping -c1 {ip}`; "
+          f"take it down: `make lab-down`")
     return 0 if ok else 1
 
 
