@@ -27,12 +27,10 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -46,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from calico_lite import keys  # noqa: E402
 from calico_lite.datastore import Datastore, DatastoreUnavailable, Op  # noqa: E402
 from calico_lite.lab.lab import Lab  # noqa: E402
+from calico_lite.lab.probe import reachable  # noqa: E402
 from calico_lite.policy_inputs import inputs_from  # noqa: E402
 from plugin.netns import enter, run_in_netns, setns  # noqa: E402
 from policy.compiler import compile_ruleset  # noqa: E402
@@ -201,13 +200,7 @@ class Cluster:
 # ------------------------------------------------------------------ probes
 
 def _connects(ip: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(FLIP_TIMEOUT)
-        try:
-            s.connect((ip, port))
-            return True
-        except OSError:
-            return False
+    return reachable(ip, port, "tcp", FLIP_TIMEOUT)
 
 
 def wait_flip(prober_netns: str, targets: dict[str, str], want: bool, t0: float,

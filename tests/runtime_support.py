@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import signal
 import subprocess
 import tarfile
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.conftest import lab_cli
+from tests.e2e.labutil import lab_name, running_lab
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: no shared libraries needed in the image
 REFERENCE_CNI_DIR = Path("/usr/lib/cni")
@@ -648,3 +650,20 @@ def plugin_bin_dir(dest: Path, plugins: dict[str, Path]) -> Path:
         if not link.exists():
             link.symlink_to(target)
     return dest
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder, removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def one_node_lab() -> Iterator[LabNode]:
+    """A one-node lab (removed afterwards, also on failure) and its node's CNI dirs."""
+    with running_lab(lab_name("rt"), "--racks", "1", "--nodes-per-rack", "1") as name:
+        yield lab_node(name)

@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from plugin.netns import enter
 from policy.applier import RulesetApplier
 from policy.compiler import compile_ruleset
 from policy.manifests import parse_manifests
 from policy.model import ContainerPort, Namespace, NetworkPolicy, Pod
 from policy.ruleset import Ruleset
 from tests.nslib import remove_netns_with_prefix, sh, unique_prefix
+from tests.nft_node import NftNode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and nftables")
 
@@ -85,17 +84,7 @@ ingress:
 }
 
 
-class Node:
-    """A namespace and a worker thread inside it that owns an applier."""
-
-    def __init__(self, netns: str):
-        self.netns = netns
-        self.worker = ThreadPoolExecutor(1, initializer=enter, initargs=(f"/var/run/netns/{netns}",))
-        self.applier: RulesetApplier = self.call(RulesetApplier)
-
-    def call(self, fn, *args):
-        return self.worker.submit(fn, *args).result()
-
+class Node(NftNode):
     def table(self) -> dict:
         return normalized(sh("nft", "-j", "list", "table", "inet", "calico-lite", netns=self.netns).stdout)
 

@@ -14,11 +14,9 @@ rules name), entered by a single worker thread that owns the applier.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from plugin.netns import enter
 from policy.applier import RulesetApplier
 from policy.compiler import compile_ruleset, pod_chain
 from policy.manifests import parse_manifests
@@ -26,6 +24,7 @@ from policy.model import INGRESS, ContainerPort, Namespace, Pod
 from policy.nft import NftError
 from policy.ruleset import Chain, Rule, Ruleset
 from tests.nslib import remove_netns_with_prefix, sh, unique_prefix
+from tests.nft_node import NftNode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and nftables")
 
@@ -66,17 +65,7 @@ egress:
 DENY_A = np("a", "deny", "podSelector: {}\npolicyTypes: [Ingress]")
 
 
-class Node:
-    """A namespace and a worker thread inside it that owns the applier."""
-
-    def __init__(self, netns: str):
-        self.netns = netns
-        self.worker = ThreadPoolExecutor(1, initializer=enter, initargs=(f"/var/run/netns/{netns}",))
-        self.applier: RulesetApplier = self.call(RulesetApplier)
-
-    def call(self, fn, *args):
-        return self.worker.submit(fn, *args).result()
-
+class Node(NftNode):
     def listing(self, *flags: str) -> str:
         return sh("nft", *flags, "list", "table", "inet", "calico-lite", netns=self.netns).stdout
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.labutil import lab_name, running_lab
 from tests.runtime_support import (
+    one_node_lab, scratch_dir,
     Containerd, LabNode, LocalImages, build_images, cali_links, ipam_used,
-    lab_node, lab_pods, remove_netns_path, running_containerd,
+    lab_pods, remove_netns_path, running_containerd,
 )
 
 grpc = pytest.importorskip("grpc")
@@ -31,17 +30,14 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def work():
-    d = Path(tempfile.mkdtemp(prefix="trt-cd-"))
-    try:
+    with scratch_dir("trt-cd-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def node():
-    with running_lab(lab_name("rt"), "--racks", "1", "--nodes-per-rack", "1") as name:
-        yield lab_node(name)
+    with one_node_lab() as n:
+        yield n
 
 
 @pytest.fixture(scope="module")

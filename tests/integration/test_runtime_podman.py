@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.labutil import lab_name, running_lab
 from tests.runtime_support import (
-    Podman, build_images, cali_links, ipam_used, lab_node, lab_pods,
+    one_node_lab, scratch_dir,
+    Podman, build_images, cali_links, ipam_used, lab_pods,
     private_podman,
 )
 
@@ -28,17 +27,14 @@ NETWORK = "k8s-pod-network"
 
 @pytest.fixture(scope="module")
 def work():
-    d = Path(tempfile.mkdtemp(prefix="trt-pm-"))
-    try:
+    with scratch_dir("trt-pm-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def node():
-    with running_lab(lab_name("rt"), "--racks", "1", "--nodes-per-rack", "1") as name:
-        yield lab_node(name)
+    with one_node_lab() as n:
+        yield n
 
 
 @pytest.fixture(scope="module")
