@@ -5,10 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client frr gobgpd nftables iproute2 iputils-ping iperf3 procps psmisc gcc libc6-dev make \
-  containerd runc containernetworking-plugins podman busybox-static qemu-system-x86
+  containerd runc containernetworking-plugins podman busybox-static qemu-system-x86 curl
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 SHIM := build/calico-lite
+# The Kubernetes control plane, built from the k8s.io/kubernetes Go module pinned in
+# deploy/kube/go.mod (Go's own build cache makes a rebuild take seconds)
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+KUBE := build/kube/kube-apiserver
 LAB ?= lab
 
 .PHONY: all deps build demo test unit bench lab-down clean
@@ -35,7 +39,10 @@ $(SHIM): plugin/shim/calico-lite-shim.c $(STAMP_APT)
 	@mkdir -p build
 	gcc -static -O2 -Wall -Wextra -o $(SHIM) plugin/shim/calico-lite-shim.c
 
-build: deps $(SHIM)
+$(KUBE): deploy/kube/go.mod deploy/kube/go.sum deploy/kube/build.sh
+	PATH="$$(dirname $(GO)):$$PATH" bash deploy/kube/build.sh build/kube
+
+build: deps $(SHIM) $(KUBE)
 
 demo: build
 	$(VENV)/bin/calico-lite lab down --name $(LAB) >/dev/null

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 SPINE_AS = 65000
 NODE_AS_BASE = 64600  # ToR mode: one AS per node
 MESH_AS = 64512
-ETCD_IP = "10.97.0.10"
+ETCD_IP = "10.97.0.10"      # also the Kubernetes API server (API_PORT)
+API_PORT = 6443
+SERVICE_CIDR = "10.96.0.0/16"  # Service cluster IPs (never routed: there is no kube-proxy)
+SERVICE_IP = "10.96.0.1"     # the `kubernetes` Service
 CP_SUBNET = "10.97.0.0/24"
 SPINE_CP_IP = "10.97.0.1"
 POD_POOL = "10.244.0.0/16"

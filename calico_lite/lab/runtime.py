@@ -54,9 +54,10 @@ def exec_plugin(bin_dir: Path, plugin_type: str, verb: str, container_id: str, n
     return CniResult(p.returncode, p.stdout, p.stderr)
 
 
-def k8s_args(namespace: str, pod: str, container_id: str) -> str:
+def k8s_args(namespace: str, pod: str, container_id: str, uid: str = "") -> str:
+    """CNI_ARGS as the kubelet's runtime passes them (K8S_POD_UID when the pod has one)."""
     return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};"
-            f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+            f"K8S_POD_INFRA_CONTAINER_ID={container_id}" + (f";K8S_POD_UID={uid}" if uid else ""))
 
 
 def _plugin_conf(netconf: dict, plugin: dict, prev: dict | None) -> dict:
