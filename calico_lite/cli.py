@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -343,6 +344,17 @@ def cmd_lab_exec(args) -> int:
     return _lab(args).exec(ns, pod, argv)
 
 
+def cmd_lab_kubectl(args) -> int:
+    """kubectl against the lab, inside its control-plane namespace; output and exit code
+    passed through."""
+    return subprocess.call(_lab(args).kubectl_argv(args.argv))
+
+
+def cmd_lab_shell(args) -> int:
+    """A shell in the lab's control-plane namespace where plain `kubectl` talks to the lab."""
+    return subprocess.call(_lab(args).shell_argv())
+
+
 def cmd_lab_wait(args) -> int:
     lab = _lab(args)
     lab.wait_converged(args.timeout)
@@ -523,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = lab_cmd("exec", cmd_lab_exec, "run a command in a pod")
     ex.add_argument("pod")
     ex.add_argument("argv", nargs="*", help="-- COMMAND ...")
+    kc = lab_cmd("kubectl", cmd_lab_kubectl, "kubectl against the lab's API server")
+    kc.add_argument("argv", nargs="*", help="-- KUBECTL ARGS ...")
+    lab_cmd("shell", cmd_lab_shell, "a shell where kubectl talks to the lab")
     wt = lab_cmd("wait", cmd_lab_wait, "wait until every node routes every pod block")
     wt.add_argument("--timeout", type=float, default=30.0)
     wt.add_argument("--policy", action="store_true",
@@ -545,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if command:
         if not hasattr(args, "argv"):
-            build_parser().error("'--' is only for `lab exec NS/POD -- COMMAND`")
+            build_parser().error("'--' is only for `lab exec NS/POD -- COMMAND` and `lab kubectl -- ARGS`")
         args.argv = command
     try:
         return args.fn(args)

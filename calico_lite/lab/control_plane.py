@@ -26,7 +26,8 @@ from calico_lite.lab.plan import API_PORT, ETCD_IP, SERVICE_CIDR, SERVICE_IP
 REPO = Path(__file__).resolve().parents[2]
 KUBE_BIN = Path(os.environ.get("CALICO_LITE_KUBE_BIN", REPO / "build" / "kube"))
 KUBE_VERSION = "v1.34.4"   # deploy/kube/go.mod pins the same release
-KUBECTL = os.environ.get("CALICO_LITE_KUBECTL", "/usr/bin/kubectl")
+KUBECTL_DIR = Path("/usr/lib/google-cloud-sdk/bin")   # the machine image's kubectl.1.NN
+DEPLOY = REPO / "deploy" / "calico-lite.yaml"
 API_URL = f"https://{ETCD_IP}:{API_PORT}"
 READY_TIMEOUT = 120.0
 
@@ -166,9 +167,23 @@ def wait_ready(paths: KubePaths, cp_netns: str, pid: int, timeout: float = READY
         time.sleep(0.2)
 
 
+def find_kubectl(server: str = KUBE_VERSION) -> str:
+    """The kubectl to use with a server of this version: $CALICO_LITE_KUBECTL, else the
+    machine's newest bundled `kubectl.1.NN` within kubectl's supported skew (one minor) of the
+    server. /usr/bin/kubectl is a dispatcher that picks by the server's minor and falls back to
+    1.32 for a 1.34 server, outside the skew, so it is the last resort."""
+    if os.environ.get("CALICO_LITE_KUBECTL"):
+        return os.environ["CALICO_LITE_KUBECTL"]
+    minor = int(server.lstrip("v").split(".")[1])
+    bundled = {int(p.name.rsplit(".", 1)[1]): p for p in KUBECTL_DIR.glob("kubectl.1.*")
+               if p.name.rsplit(".", 1)[1].isdigit()}
+    within = [m for m in bundled if abs(m - minor) <= 1]
+    return str(bundled[max(within)]) if within else "/usr/bin/kubectl"
+
+
 def kubectl_argv(paths: KubePaths, cp_netns: str, args: list[str]) -> list[str]:
     """kubectl as the lab's admin, inside the control-plane namespace."""
-    return ["ip", "netns", "exec", cp_netns, KUBECTL,
+    return ["ip", "netns", "exec", cp_netns, find_kubectl(),
             f"--kubeconfig={paths.admin_kubeconfig}", *args]
 
 
@@ -180,6 +195,29 @@ def kubectl(paths: KubePaths, cp_netns: str, *args: str, input: str | None = Non
         raise ControlPlaneError(f"kubectl {' '.join(args[:3])} failed: "
                                 f"{p.stderr.strip() or p.stdout.strip()}")
     return p
+
+
+def rbac_documents() -> str:
+    """The ServiceAccount, ClusterRole and ClusterRoleBinding of deploy/calico-lite.yaml."""
+    docs = [d for d in yaml.safe_load_all(DEPLOY.read_text())
+            if d and d.get("kind") in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    return yaml.safe_dump_all(docs)
+
+
+def service_account_credentials(paths: KubePaths, cp_netns: str) -> Path:
+    """Apply deploy/'s RBAC and write a token of its service account, with the CA and the
+    namespace, where a pod would find them (token, ca.crt, namespace)."""
+    kubectl(paths, cp_netns, "apply", "-f", "-", input=rbac_documents())
+    sa = next(d for d in yaml.safe_load_all(DEPLOY.read_text())
+              if d and d.get("kind") == "ServiceAccount")["metadata"]
+    token = kubectl(paths, cp_netns, "create", "token", sa["name"], "-n", sa["namespace"],
+                    "--duration=8760h").stdout.strip()
+    paths.sa_dir.mkdir(parents=True, exist_ok=True)
+    (paths.sa_dir / "token").write_text(token)
+    (paths.sa_dir / "token").chmod(0o600)
+    (paths.sa_dir / "namespace").write_text(sa["namespace"])
+    (paths.sa_dir / "ca.crt").write_bytes((paths.pki / "ca.crt").read_bytes())
+    return paths.sa_dir
 
 
 def ssl_context(paths: KubePaths, who: str = "admin") -> ssl.SSLContext:

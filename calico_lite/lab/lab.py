@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,17 +19,19 @@ from calico_lite import keys
 from calico_lite.datastore import Datastore
 from calico_lite.install import install_cni
 from calico_lite.ipam import DEFAULT_POOL
+from calico_lite.lab import control_plane as cp
 from calico_lite.lab import plumbing as pl
-from calico_lite.lab import runtime
+from calico_lite.lab.cluster import LabApi, container_ports
 from calico_lite.lab.frr import FrrRouter, render_frr_config
 from calico_lite.lab.plan import (ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
                                   make_plan)
-from calico_lite.lab.probe import Endpoint, probe_all, probe_from
+from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import StateStore
 from plugin.netns import enter, setns
 
 READY_TIMEOUT = 90.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LabError(RuntimeError):
@@ -67,6 +68,8 @@ class Lab:
         self.name = name
         self.store = StateStore(name)
         self._ds: Datastore | None = None
+        self._api: LabApi | None = None
+        self._home: int | None = None
 
     # --- plan and paths ------------------------------------------------------------------
     @property
@@ -79,25 +82,42 @@ class Lab:
     def node_paths(self, node: str) -> NodePaths:
         return NodePaths(self.store.dir / "nodes" / node)
 
-    def datastore(self) -> Datastore:
-        """The lab's etcd, reached from inside its control-plane namespace.
+    @property
+    def kube(self) -> cp.KubePaths:
+        return cp.KubePaths(self.store.dir / "kube")
 
-        This moves the calling process into that namespace (before the etcd client starts any
-        thread), so it must come after any work that needs the machine's own namespace.
-        """
-        if self._ds is None:
+    def _enter_cp(self) -> None:
+        """Move the calling process into the lab's control-plane namespace, where etcd and the
+        API server are reached (before any client starts a thread), so it must come after any
+        work that needs the machine's own namespace."""
+        if self._home is None:
             self._home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             enter(f"/var/run/netns/{self.plan.cp_netns}")
+
+    def datastore(self) -> Datastore:
+        """The lab's etcd, from inside its control-plane namespace."""
+        if self._ds is None:
+            self._enter_cp()
             self._ds = Datastore(["http://127.0.0.1:2379"])
         return self._ds
+
+    def api(self) -> LabApi:
+        """The lab's Kubernetes API as its admin, from inside its control-plane namespace."""
+        if self._api is None:
+            self._enter_cp()
+            self._api = LabApi(str(self.kube.admin_kubeconfig))
+        return self._api
 
     def _leave_datastore(self) -> None:
         """Back to the namespace we came from, so removing the lab's cannot take us with it."""
         if self._ds is not None:
             self._ds.close()
+            self._ds = None
+        self._api = None
+        if self._home is not None:
             setns(self._home, "the original network namespace")
             os.close(self._home)
-            self._ds = None
+            self._home = None
 
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
@@ -123,8 +143,14 @@ class Lab:
                 f"{len(plan.nodes)} node agents")
             for node in plan.nodes:
                 self._start_agent(plan, node)
+            self._start_control_plane(plan)
             self._wait_ready(plan)
-            log(f"lab {self.name} up in {time.monotonic() - t0:.1f}s")
+            self._start_kube_sync(plan)
+            for node in plan.nodes:
+                self._start_node_component(node)
+            self._wait_nodes(plan)
+            log(f"lab {self.name} up in {time.monotonic() - t0:.1f}s; kubectl: "
+                f"calico-lite lab kubectl --name {self.name} -- get nodes")
         except BaseException:
             self.down()
             raise
@@ -230,11 +256,61 @@ class Lab:
         (paths.root / "agent.argv").write_text(json.dumps(argv))
         self._spawn_agent(node.name)
 
+    # --- Kubernetes: control plane, kube-sync, node components ---------------------------
+    def _start_control_plane(self, plan: LabPlan) -> None:
+        self.kube.root.mkdir(parents=True, exist_ok=True)
+        cp.make_credentials(self.kube, [n.name for n in plan.nodes])
+        cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid))
+
+    def _start_kube_sync(self, plan: LabPlan) -> None:
+        """kube-sync as deploy/'s Deployment runs it: the calico-lite service account (RBAC
+        from deploy/calico-lite.yaml), in-cluster style credentials, one process."""
+        sa_dir = cp.service_account_credentials(self.kube, plan.cp_netns)
+        argv = [sys.executable, "-m", "calico_lite.cli", "kube-sync",
+                "--etcd-endpoints", "http://127.0.0.1:2379",
+                "--service-account-dir", str(sa_dir), "--api-server", cp.API_URL]
+        pid = pl.spawn(plan.cp_netns, argv, self.kube.log("kube-sync"), env={"PYTHONPATH": str(REPO)})
+        self.store.add_pid("kube-sync", pid)
+
+    def _start_node_component(self, node) -> None:
+        argv = [sys.executable, "-m", "calico_lite.lab.kubelet", "--lab", self.name, "--node", node.name]
+        pid = pl.spawn(node.netns, argv, self.node_paths(node.name).root / "kubelet.log",
+                       env={"PYTHONPATH": str(REPO)})
+        self.store.add_pid(f"kubelet:{node.name}", pid)
+
+    def _wait_nodes(self, plan: LabPlan, timeout: float = READY_TIMEOUT) -> None:
+        """Every lab node registered and Ready in the API (its node component is up)."""
+        deadline = time.monotonic() + timeout
+        while missing := sorted({n.name for n in plan.nodes} - self.api().ready_nodes()):
+            dead = [k for k, pid in self.store.load().pids.items()
+                    if k.startswith(("kubelet:", "kube:")) and not pl.pid_alive(pid)]
+            if dead or time.monotonic() > deadline:
+                raise LabError(f"nodes not Ready in the API: {', '.join(missing)}"
+                               + (f"; exited: {', '.join(dead)}" if dead else "")
+                               + f" (see {self.store.dir}/nodes/NODE/kubelet.log, {self.kube.root})")
+            time.sleep(0.2)
+
+    def kubectl_argv(self, args: list[str]) -> list[str]:
+        self.plan  # noqa: B018 - raises LabError if the lab is not up
+        return cp.kubectl_argv(self.kube, self.plan.cp_netns, args)
+
+    def shell_argv(self) -> list[str]:
+        """An interactive shell in the control-plane namespace with KUBECONFIG set and the
+        right kubectl first on PATH (lab.control_plane.find_kubectl)."""
+        bin_dir = self.kube.root / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        link = bin_dir / "kubectl"
+        link.unlink(missing_ok=True)
+        link.symlink_to(cp.find_kubectl())
+        env = [f"KUBECONFIG={self.kube.admin_kubeconfig}", f"PATH={bin_dir}:{os.environ.get('PATH', '')}",
+               f"PS1=[lab {self.name}] \\w# "]
+        return ["ip", "netns", "exec", self.plan.cp_netns, "env", *env,
+                os.environ.get("SHELL", "/bin/bash"), "--norc", "-i"]
+
     def _spawn_agent(self, name: str) -> int:
         node, paths = self.plan.node(name), self.node_paths(name)
         argv = json.loads((paths.root / "agent.argv").read_text())
-        pid = pl.spawn(node.netns, argv, paths.agent_log,
-                       env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        pid = pl.spawn(node.netns, argv, paths.agent_log, env={"PYTHONPATH": str(REPO)})
         self.store.add_pid(f"agent:{name}", pid)
         return pid
 
@@ -320,12 +396,26 @@ class Lab:
                 raise LabError(f"routes not converged after {timeout:.0f}s on {', '.join(lagging)}")
             time.sleep(0.1)
 
+    def wait_mirrored(self, timeout: float = 30.0) -> None:
+        """Until kube-sync has brought the API's namespaces, pods and policies as of now into
+        the datastore: the records it should have written (its own pure transforms of a fresh
+        listing) are the ones there."""
+        from calico_lite import kube_sync
+        deadline = time.monotonic() + timeout
+        while diff := mirror_difference(self.api().listing(), self.datastore(), kube_sync):
+            if time.monotonic() > deadline:
+                raise LabError(f"kube-sync has not mirrored the API after {timeout:.0f}s: {diff} "
+                               f"(see {self.kube.log('kube-sync')})")
+            time.sleep(0.05)
+
     def wait_policy(self, timeout: float = 30.0) -> float:
-        """Until every agent has enforced everything in the datastore as of now; returns the
-        seconds it took. A barrier write makes each agent's policy controller run once more,
-        and its published revision tells when it has."""
-        ds = self.datastore()
+        """Until every agent has enforced everything in the API as of now; returns the seconds
+        it took. First kube-sync must have mirrored the API into the datastore; then a barrier
+        write makes each agent's policy controller run once more, and its published revision
+        tells when it has."""
         start = time.monotonic()
+        self.wait_mirrored(timeout)
+        ds = self.datastore()
         barrier = ds.put(keys.BARRIER, {"at": time.time()})
         pending = {n.name for n in self.plan.nodes}
         while pending:
@@ -358,95 +448,26 @@ class Lab:
         shutil.rmtree(self.store.dir, ignore_errors=True)
         return removed
 
-    # --- namespaces and pods -------------------------------------------------------------
+    # --- namespaces and pods: through the lab's API server --------------------------------
     def ns_add(self, namespace: str, labels: dict[str, str]) -> None:
-        ds = self.datastore()
-        ds.put(keys.k8s_namespace(namespace), {"name": namespace, "labels": labels})
+        self.api().ns_add(namespace, labels)
 
     def ns_label(self, namespace: str, changes: dict[str, str | None]) -> dict:
-        ds = self.datastore()
-        e = ds.get(keys.k8s_namespace(namespace))
-        if e is None:
-            raise LabError(f"namespace {namespace} does not exist (lab ns add {namespace})")
-        labels = apply_label_changes(e.value.get("labels", {}), changes)
-        ds.put(keys.k8s_namespace(namespace), {**e.value, "labels": labels})
-        return labels
+        return self.api().ns_label(namespace, changes)
 
     def pod_add(self, namespace: str, pod: str, node: str, labels: dict[str, str],
                 serve: list[str], ports: list[dict]) -> str:
-        plan = self.plan
-        node_plan = plan.node(node)
-        servers = parse_serve(serve)
-        ds = self.datastore()
-        if self.find_workload(namespace, pod):
-            raise LabError(f"pod {namespace}/{pod} already exists")
-        if ds.get(keys.k8s_namespace(namespace)) is None:
-            ds.put(keys.k8s_namespace(namespace), {"name": namespace, "labels": {}})
-        netns = plan.pod_netns(namespace, pod)
-        cid = uuid.uuid4().hex
-        paths = self.node_paths(node_plan.name)
-        self._netns(netns)
-        try:
-            netconf = runtime.load_conflist(paths.conf_dir)
-            result = runtime.add(paths.bin_dir, netconf, cid, f"/var/run/netns/{netns}",
-                                 runtime.k8s_args(namespace, pod, cid))
-            ip = result["ips"][0]["address"].split("/")[0]
-            ds.put(keys.k8s_pod(namespace, pod), {
-                "namespace": namespace, "name": pod, "node": node_plan.name, "labels": labels,
-                "ports": ports, "ip": ip})
-            if servers:
-                argv = [sys.executable, "-m", "calico_lite.lab.serve",
-                        ",".join(f"{p}:{n}" for p, n in servers)]
-                pid = pl.spawn(netns, argv, self.store.dir / "pods" / f"{namespace}.{pod}.log",
-                               env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-                self.store.add_pid(f"pod:{namespace}/{pod}:serve", pid)
-                self._wait_serving(netns, servers, pid)
-            return ip
-        except BaseException:
-            pl.delete_netns(netns)
-            self.store.remove_netns(netns)
-            raise
-
-    def _wait_serving(self, netns: str, servers: list[tuple[str, int]], pid: int) -> None:
-        """Return once the pod's servers answer on its loopback, so probes never race them."""
-        deadline = time.monotonic() + 10
-        for proto, port in servers:
-            while not probe_from(f"/var/run/netns/{netns}", "127.0.0.1", port, proto):
-                if time.monotonic() > deadline or not pl.pid_alive(pid):
-                    raise LabError(f"servers in {netns} did not start; see "
-                                   f"{self.store.dir / 'pods'}")
-                time.sleep(0.02)
-
-    def find_workload(self, namespace: str, pod: str) -> dict | None:
-        for e in self.datastore().list(keys.WORKLOADS):
-            if e.value.get("namespace") == namespace and e.value.get("pod") == pod:
-                return e.value
-        return None
+        """A Pod bound to node whose containerPorts are the served and the named ports; its
+        node component makes it (CNI ADD, echo servers) and reports it Ready."""
+        self.plan.node(node)
+        declared = container_ports(parse_serve(serve), ports)
+        return self.api().pod_add(namespace, pod, node, labels, declared)
 
     def pod_del(self, namespace: str, pod: str) -> None:
-        w = self.find_workload(namespace, pod)
-        ds = self.datastore()
-        netns = self.plan.pod_netns(namespace, pod)
-        pl.kill_pids(list(self.store.pop_pids(f"pod:{namespace}/{pod}:").values()))
-        if w is None and not pl.netns_exists(netns):
-            raise LabError(f"pod {namespace}/{pod} does not exist")
-        if w is not None:
-            paths = self.node_paths(w["node"])
-            runtime.delete(paths.bin_dir, runtime.load_conflist(paths.conf_dir), w["container_id"],
-                           w["netns"], runtime.k8s_args(namespace, pod, w["container_id"]),
-                           w["ifname"])
-        ds.delete(keys.k8s_pod(namespace, pod))
-        pl.delete_netns(netns)
-        self.store.remove_netns(netns)
+        self.api().pod_del(namespace, pod)
 
     def pod_label(self, namespace: str, pod: str, changes: dict[str, str | None]) -> dict:
-        ds = self.datastore()
-        e = ds.get(keys.k8s_pod(namespace, pod))
-        if e is None:
-            raise LabError(f"pod {namespace}/{pod} does not exist")
-        labels = apply_label_changes(e.value.get("labels", {}), changes)
-        ds.put(keys.k8s_pod(namespace, pod), {**e.value, "labels": labels})
-        return labels
+        return self.api().pod_label(namespace, pod, changes)
 
     def pods(self) -> list[dict]:
         return sorted(({"namespace": w["namespace"], "name": w["pod"], "node": w["node"],
@@ -470,23 +491,45 @@ class Lab:
         st = self.store.load()
         ds = self.datastore()
         etcd = "healthy" if ds.healthy() else "unreachable"
+
+        def running(label: str) -> str:
+            pid = st.pids.get(label)
+            return "running" if pid and pl.pid_alive(pid) else "stopped"
         nodes = []
         for n in plan.nodes:
-            pid = st.pids.get(f"agent:{n.name}")
             s = ds.get(keys.status(n.name)) if etcd == "healthy" else None
             paths = self.node_paths(n.name)
             nodes.append({
                 "name": n.name, "rack": f"rack{n.rack}", "address": n.address, "netns": n.netns,
-                "agent": "running" if pid and pl.pid_alive(pid) else "stopped",
+                "agent": running(f"agent:{n.name}"), "kubelet": running(f"kubelet:{n.name}"),
                 "cni_bin_dir": str(paths.bin_dir), "cni_conf_dir": str(paths.conf_dir),
                 "bgp": [{"peer": p["address"], "state": p["state"]}
                         for p in (s.value.get("peers", []) if s else [])],
                 "notes": s.value.get("notes", []) if s else []})
         pods = [{k: p[k] for k in ("namespace", "name", "node", "ip")}
                 for p in (self.pods() if etcd == "healthy" else [])]
+        kubernetes = {"version": cp.KUBE_VERSION, "kubeconfig": str(self.kube.admin_kubeconfig),
+                      "apiserver": running("kube:kube-apiserver"),
+                      "controller_manager": running("kube:kube-controller-manager"),
+                      "scheduler": running("kube:kube-scheduler"), "kube_sync": running("kube-sync"),
+                      "kubectl": cp.find_kubectl()}
         return {"name": self.name, "bgp_mode": plan.bgp, "encap": plan.encap, "nodes": nodes,
-                "etcd": etcd,
-                "pods": pods}
+                "etcd": etcd, "kubernetes": kubernetes, "pods": pods}
+
+
+def mirror_difference(listing: dict[str, list[dict]], ds: Datastore, kube_sync) -> str:
+    """'' when the datastore holds exactly the records kube-sync makes of listing; otherwise
+    the first kind and keys that differ."""
+    kinds = (("namespaces", keys.K8S_NAMESPACES, kube_sync.namespace_record),
+             ("pods", keys.K8S_PODS, kube_sync.pod_record),
+             ("networkpolicies", keys.K8S_POLICIES, kube_sync.policy_record))
+    for kind, prefix, transform in kinds:
+        want = dict(filter(None, (transform(o) for o in listing[kind])))
+        have = {e.key: e.value for e in ds.list(prefix)}
+        if want != have:
+            wrong = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            return f"{kind} {', '.join(wrong[:5])}"
+    return ""
 
 
 def etcdctl(cp_netns: str, *args: str) -> str:

@@ -1,0 +1,327 @@
+"""The lab's node component: its one stand-in, for the kubelet (no kubelet can run pods here).
+
+One process per lab node, in the node's network namespace, with the node's own identity
+(`system:node:NAME`, so the Node authorizer confines it to its pods as it would a kubelet):
+- registers the `Node` (InternalIP, rack as `topology.kubernetes.io/zone`, Ready) and renews
+  its Lease in `kube-node-lease`, so the node lifecycle controller never taints it;
+- watches the pods bound to its node and, for each, makes the sandbox the way a container
+  runtime does: a network namespace, then the node's CNI (the conflist and shim in the node's
+  `cni/` folder); serves every declared containerPort (TCP and UDP) with a small echo server
+  whatever the image says; writes podIP(s), hostIP, phase and the Ready condition;
+- on deletion, stops the servers, calls CNI DEL, removes the namespace and finalises the pod.
+What it made is recorded in the lab's state (lab.state) before or right after it is made, so
+`lab down` removes it after any crash; a restarted node component adopts the sandboxes it finds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from calico_lite.lab import plumbing as pl
+from calico_lite.lab import runtime
+from calico_lite.lab.control_plane import KUBE_VERSION, KubePaths
+from calico_lite.lab.probe import probe_from
+from calico_lite.lab.state import StateStore, run_dir
+
+log = logging.getLogger("calico-lite.lab.kubelet")
+LEASE_SECONDS = 40
+RENEW_EVERY = 10.0
+SERVE_TIMEOUT = 10.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Sandbox:
+    """A pod's sandbox on this node, as recorded on disk (the runtime's own state)."""
+    namespace: str
+    name: str
+    uid: str
+    container_id: str
+    netns: str
+    ip: str = ""
+
+
+def served_ports(pod: dict) -> list[str]:
+    """Every declared containerPort as the echo server's `proto:port` (pure). SCTP cannot be
+    served on this kernel; it is declared (for named-port policies) but left unserved."""
+    out = []
+    for c in pod["spec"].get("containers", []):
+        for p in c.get("ports") or []:
+            proto = (p.get("protocol") or "TCP").lower()
+            if proto in ("tcp", "udp") and f"{proto}:{p['containerPort']}" not in out:
+                out.append(f"{proto}:{p['containerPort']}")
+    return out
+
+
+def running_status(pod: dict, ip: str, host_ip: str, container_id: str) -> dict:
+    """The status a kubelet writes once the pod's containers run (pure)."""
+    t = now()
+    conditions = [{"type": k, "status": "True", "lastTransitionTime": t}
+                  for k in ("PodReadyToStartContainers", "Initialized", "ContainersReady",
+                            "Ready", "PodScheduled")]
+    containers = [{"name": c["name"], "image": c.get("image", ""), "imageID": "",
+                   "containerID": f"lab://{container_id}", "ready": True, "started": True,
+                   "restartCount": 0, "state": {"running": {"startedAt": t}}}
+                  for c in pod["spec"].get("containers", [])]
+    return {"status": {"phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
+                       "podIP": ip, "podIPs": [{"ip": ip}], "startTime": t,
+                       "conditions": conditions, "containerStatuses": containers}}
+
+
+class NodeComponent:
+    def __init__(self, lab: str, node: str):
+        from calico_lite.lab.plan import make_plan
+        self.lab, self.node = lab, node
+        self.store = StateStore(lab)
+        params = self.store.load().params
+        self.plan = make_plan(lab, **params)
+        self.node_plan = self.plan.node(node)
+        self.root = run_dir(lab) / "nodes" / node
+        self.sandboxes = self.root / "sandboxes"
+        self.sandboxes.mkdir(parents=True, exist_ok=True)
+        kube = KubePaths(run_dir(lab) / "kube")
+        self.api_client = config.new_client_from_config(str(kube.kubeconfig(f"node-{node}")))
+        self.core = client.CoreV1Api(self.api_client)
+        self.coord = client.CoordinationV1Api(self.api_client)
+        self.lock = threading.Lock()
+
+    # --- the Node and its Lease ----------------------------------------------------------
+    def node_object(self) -> dict:
+        n = self.node_plan
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "message": "calico-lite lab node component is posting ready status",
+                 "lastHeartbeatTime": now(), "lastTransitionTime": now()}
+        resources = {"cpu": "2", "memory": "4Gi", "pods": "110"}
+        return {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n.name, "labels": {
+                    "kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": f"rack{n.rack}",
+                    "rack": f"rack{n.rack}"}},
+                "status": {"addresses": [{"type": "InternalIP", "address": n.address},
+                                         {"type": "Hostname", "address": n.name}],
+                           "conditions": [ready], "capacity": resources,
+                           "allocatable": resources,
+                           "nodeInfo": {"kubeletVersion": KUBE_VERSION, "operatingSystem": "linux",
+                                        "architecture": "amd64", "osImage": "calico-lite lab",
+                                        "containerRuntimeVersion": "calico-lite-lab://1",
+                                        "kernelVersion": "", "machineID": "", "systemUUID": "",
+                                        "bootID": "", "kubeProxyVersion": ""}}}
+
+    def register(self) -> None:
+        body = self.node_object()
+        try:
+            self.core.create_node(body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.patch_node_status(self.node, {"status": body["status"]})
+
+    def renew_lease(self) -> None:
+        t = datetime.datetime.now(datetime.timezone.utc)
+        body = {"metadata": {"name": self.node, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_SECONDS,
+                         "renewTime": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+        try:
+            self.coord.patch_namespaced_lease(self.node, "kube-node-lease", body)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.coord.create_namespaced_lease("kube-node-lease", body)
+
+    def lease_loop(self) -> None:
+        while True:
+            try:
+                self.renew_lease()
+            except Exception as e:  # the API may be restarting: keep trying, say so
+                log.warning(json.dumps({"event": "lease-renew-failed", "error": str(e)}))
+            time.sleep(RENEW_EVERY)
+
+    # --- sandboxes -----------------------------------------------------------------------
+    def _record(self, sb: Sandbox) -> Path:
+        return self.sandboxes / f"{sb.uid}.json"
+
+    def local_sandboxes(self) -> dict[str, Sandbox]:
+        out = {}
+        for f in self.sandboxes.glob("*.json"):
+            sb = Sandbox(**json.loads(f.read_text()))
+            out[sb.uid] = sb
+        return out
+
+    def run_pod(self, pod: dict) -> None:
+        """Sandbox, CNI ADD, servers, then Running status; undone on any failure."""
+        meta = pod["metadata"]
+        if pod["spec"].get("hostNetwork"):
+            self._write_status(pod, self.node_plan.address, "")
+            return
+        sb = Sandbox(meta["namespace"], meta["name"], meta["uid"], uuid.uuid4().hex,
+                     self.plan.pod_netns(meta["namespace"], meta["name"]))
+        self.store.add_netns(sb.netns)
+        self._record(sb).write_text(json.dumps(asdict(sb)))
+        try:
+            pl.add_netns(sb.netns)
+            paths = self.root / "cni"
+            netconf = runtime.load_conflist(paths / "net.d")
+            result = runtime.add(paths / "bin", netconf, sb.container_id,
+                                 f"/var/run/netns/{sb.netns}",
+                                 runtime.k8s_args(sb.namespace, sb.name, sb.container_id, sb.uid))
+            sb.ip = result["ips"][0]["address"].split("/")[0]
+            self._record(sb).write_text(json.dumps(asdict(sb)))
+            self._serve(sb, served_ports(pod))
+            self._write_status(pod, sb.ip, sb.container_id)
+        except BaseException:
+            self.teardown(sb)
+            raise
+        log.info(json.dumps({"event": "pod-running", "pod": f"{sb.namespace}/{sb.name}", "ip": sb.ip}))
+
+    def _serve(self, sb: Sandbox, ports: list[str]) -> None:
+        if not ports:
+            return
+        argv = [sys.executable, "-m", "calico_lite.lab.serve", ",".join(ports)]
+        pid = pl.spawn(sb.netns, argv, self.root / "pods" / f"{sb.namespace}.{sb.name}.log",
+                       env={"PYTHONPATH": str(REPO)})
+        self.store.add_pid(f"pod:{sb.namespace}/{sb.name}:serve", pid)
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        for spec in ports:
+            proto, port = spec.split(":")
+            while not probe_from(f"/var/run/netns/{sb.netns}", "127.0.0.1", int(port), proto):
+                if time.monotonic() > deadline or not pl.pid_alive(pid):
+                    raise RuntimeError(f"echo server of {sb.namespace}/{sb.name} did not start")
+                time.sleep(0.02)
+
+    def _write_status(self, pod: dict, ip: str, container_id: str) -> None:
+        meta = pod["metadata"]
+        self.core.patch_namespaced_pod_status(
+            meta["name"], meta["namespace"],
+            running_status(pod, ip, self.node_plan.address, container_id))
+
+    def teardown(self, sb: Sandbox) -> None:
+        """Servers, CNI DEL, namespace, record: each step safe to repeat."""
+        pl.kill_pids(list(self.store.pop_pids(f"pod:{sb.namespace}/{sb.name}:").values()))
+        paths = self.root / "cni"
+        try:
+            runtime.delete(paths / "bin", runtime.load_conflist(paths / "net.d"),
+                           sb.container_id, f"/var/run/netns/{sb.netns}",
+                           runtime.k8s_args(sb.namespace, sb.name, sb.container_id, sb.uid))
+        except (runtime.CniCallError, FileNotFoundError) as e:
+            log.warning(json.dumps({"event": "cni-del-failed", "pod": f"{sb.namespace}/{sb.name}",
+                                    "error": str(e)}))
+            raise
+        if pl.netns_exists(sb.netns):
+            pl.delete_netns(sb.netns)
+        self.store.remove_netns(sb.netns)
+        self._record(sb).unlink(missing_ok=True)
+        log.info(json.dumps({"event": "pod-removed", "pod": f"{sb.namespace}/{sb.name}"}))
+
+    def finalise(self, pod: dict) -> None:
+        """Terminating pod: tear its sandbox down, then let the API forget it (grace 0, as a
+        kubelet does once the containers have stopped)."""
+        meta = pod["metadata"]
+        sb = self.local_sandboxes().get(meta["uid"])
+        if sb is not None:
+            self.teardown(sb)
+        try:
+            self.core.delete_namespaced_pod(
+                meta["name"], meta["namespace"], grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0,
+                                            preconditions=client.V1Preconditions(uid=meta["uid"])))
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    # --- the pod loop --------------------------------------------------------------------
+    def handle(self, kind: str, pod: dict) -> None:
+        meta = pod["metadata"]
+        have = self.local_sandboxes()
+        with self.lock:
+            if kind == "DELETED":
+                if meta["uid"] in have:
+                    self.teardown(have[meta["uid"]])
+            elif meta.get("deletionTimestamp"):
+                self.finalise(pod)
+            elif meta["uid"] not in have and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed") \
+                    and not (pod["spec"].get("hostNetwork") and pod.get("status", {}).get("podIP")):
+                self.run_pod(pod)
+
+    def resync(self) -> str:
+        """List this node's pods; remove sandboxes whose pod is gone, run pods without one.
+        Returns the list's resourceVersion to watch from."""
+        listing = self.api_client.sanitize_for_serialization(
+            self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}"))
+        pods = {p["metadata"]["uid"]: p for p in listing.get("items", [])}
+        for uid, sb in self.local_sandboxes().items():
+            if uid not in pods:
+                with self.lock:
+                    self.teardown(sb)
+        for pod in pods.values():
+            self._safely(self.handle, "ADDED", pod)
+        return listing["metadata"]["resourceVersion"]
+
+    def _safely(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # one pod's failure must not stop the others: logged, retried
+            pod = args[-1]["metadata"] if args and isinstance(args[-1], dict) else {}
+            log.error(json.dumps({"event": "pod-failed", "pod": f"{pod.get('namespace')}/"
+                                  f"{pod.get('name')}", "error": str(e)}))
+
+    def pod_loop(self) -> None:
+        """List, then watch from the list's resourceVersion; relist on 410 Gone or any error
+        (a relist also retries pods whose sandbox failed)."""
+        while True:
+            try:
+                rv = self.resync()
+                w = watch.Watch()
+                for ev in w.stream(self.core.list_pod_for_all_namespaces,
+                                   field_selector=f"spec.nodeName={self.node}",
+                                   resource_version=rv, timeout_seconds=60,
+                                   allow_watch_bookmarks=True, _request_timeout=90):
+                    if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        pod = self.api_client.sanitize_for_serialization(ev["object"])
+                        self._safely(self.handle, ev["type"], pod)
+            except ApiException as e:
+                log.warning(json.dumps({"event": "watch-restart", "status": e.status,
+                                        "reason": e.reason}))
+                time.sleep(0.5)
+            except Exception as e:
+                log.warning(json.dumps({"event": "watch-restart", "error": str(e)}))
+                time.sleep(1.0)
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.register()
+                break
+            except Exception as e:
+                log.warning(json.dumps({"event": "register-failed", "error": str(e)}))
+                time.sleep(1.0)
+        threading.Thread(target=self.lease_loop, daemon=True, name="lease").start()
+        self.pod_loop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lab", required=True)
+    ap.add_argument("--node", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    NodeComponent(args.lab, args.node).run()
+
+
+if __name__ == "__main__":
+    main()
