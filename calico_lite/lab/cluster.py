@@ -177,8 +177,11 @@ class LabApi:
             raise ClusterError(f"networkpolicy {namespace}/{name}: {api_error(e)}") from None
 
     def ready_nodes(self) -> set[str]:
+        """Nodes that are Ready and schedulable: the admission plugin taints a new Node
+        not-ready until the node lifecycle controller has seen its Ready condition."""
         return {n.metadata.name for n in self.core.list_node().items
-                if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])}
+                if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+                and not any(t.key == "node.kubernetes.io/not-ready" for t in n.spec.taints or [])}
 
     # --- what kube-sync should have mirrored --------------------------------------------
     def listing(self) -> dict[str, list[dict]]:

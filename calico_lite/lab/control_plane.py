@@ -119,6 +119,7 @@ def controller_manager_argv(paths: KubePaths) -> list[str]:
             "--leader-elect=false", "--use-service-account-credentials=true",
             f"--service-account-private-key-file={paths.pki / 'sa.key'}",
             f"--root-ca-file={paths.pki / 'ca.crt'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--node-monitor-period=1s",   # untaints a new Ready node within a second
             "--bind-address=127.0.0.1", "--profiling=false", "--v=0"]
 
 

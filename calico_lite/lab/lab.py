@@ -272,11 +272,12 @@ class Lab:
         pid = pl.spawn(plan.cp_netns, argv, self.kube.log("kube-sync"), env={"PYTHONPATH": str(REPO)})
         self.store.add_pid("kube-sync", pid)
 
-    def _start_node_component(self, node) -> None:
+    def _start_node_component(self, node) -> int:
         argv = [sys.executable, "-m", "calico_lite.lab.kubelet", "--lab", self.name, "--node", node.name]
         pid = pl.spawn(node.netns, argv, self.node_paths(node.name).root / "kubelet.log",
                        env={"PYTHONPATH": str(REPO)})
         self.store.add_pid(f"kubelet:{node.name}", pid)
+        return pid
 
     def _wait_nodes(self, plan: LabPlan, timeout: float = READY_TIMEOUT) -> None:
         """Every lab node registered and Ready in the API (its node component is up)."""
@@ -341,10 +342,14 @@ class Lab:
         if how == "withdraw" and exabgp:
             pl.kill_pids([exabgp], grace=5.0)   # normally gone already with the agent
 
-    def node_start(self, name: str) -> int:
-        pid = self.store.load().pids.get(f"agent:{name}")
+    def node_start(self, name: str, component: str = "agent") -> int:
+        """Start a node's agent, or its node component (`kubelet`), if it is not running."""
+        node = self.plan.node(name)
+        pid = self.store.load().pids.get(f"{component}:{name}")
         if pid and pl.pid_alive(pid):
-            raise LabError(f"agent of {name} is running (pid {pid})")
+            raise LabError(f"{component} of {name} is running (pid {pid})")
+        if component == "kubelet":
+            return self._start_node_component(node)
         return self._spawn_agent(name)
 
     def node_restart(self, name: str) -> int:

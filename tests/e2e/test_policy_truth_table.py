@@ -5,7 +5,8 @@ kubernetes.io/metadata.name), pods a, b, c in each (label pod=<name>), spread ov
 nodes of two racks so that same-node, same-rack and cross-rack pairs all occur. Every pod
 serves TCP and UDP on 80 and 81 and declares the named ports serve-80-tcp, serve-81-udp, ...
 
-Each case applies a policy set (and/or label changes) with the CLI, waits with
+Each case applies a policy set (and/or label changes) with kubectl against the lab's real
+kube-apiserver (kube-sync carries them into the datastore), waits with
 `lab wait --policy`, probes every pod to every other on every port/protocol and compares the
 whole 9x9 matrix with what a small, pure expectation model says (`Reachability`, like the
 upstream suite's helper: start all-connected, then set expectations). The model never calls our
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from typing import Union
 
 import pytest
 
-from tests.conftest import lab_cli
+from tests.conftest import CLI, lab_cli
 from tests.e2e.labutil import lab_name, running_lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the lab")
@@ -36,12 +38,10 @@ POD_NAMES = ("a", "b", "c")
 NODES = ("r1n1", "r1n2", "r2n1", "r2n2")  # rack1: r1n*, rack2: r2n*
 PODS = tuple(f"{ns}/{p}" for ns in NAMESPACES for p in POD_NAMES)
 PLACEMENT = {pod: NODES[i % len(NODES)] for i, pod in enumerate(PODS)}
-SERVE = "tcp:80,tcp:81,udp:80,udp:81"
 
 Port = tuple[int, str]  # (number, "tcp"|"udp")
 TCP80, TCP81, UDP80, UDP81 = (80, "tcp"), (81, "tcp"), (80, "udp"), (81, "udp")
 ALL_PORTS: tuple[Port, ...] = (TCP80, TCP81, UDP80, UDP81)
-DECLARED_PORTS = [f"serve-{n}-{p}:{p}:{n}" for n, p in ALL_PORTS]
 
 # Who a expectation applies to: "x/a", "x/*" (a namespace), "*/a" (a pod name in every
 # namespace), "*", a list of those, or a predicate on the pod reference.
@@ -142,8 +142,10 @@ def np(ns: str, name: str, spec: str) -> str:
 
 
 class PolicyLab:
-    """The module's lab, driven only through the `calico-lite` CLI; remembers what a case
-    changed (labels, deleted pods) so the next case can start from the baseline."""
+    """The module's lab, driven as a user drives a cluster: namespaces, pods, labels and
+    policies through kubectl against the lab's real API server (`lab kubectl -- ...`), the
+    waiting and probing through `calico-lite lab`. Remembers what a case changed (labels,
+    deleted pods) so the next case can start from the baseline."""
 
     def __init__(self, name: str, workdir: Path):
         self.name, self.workdir = name, workdir
@@ -157,32 +159,46 @@ class PolicyLab:
     def lab(self, *args: str) -> str:
         return lab_cli("lab", *args, "--name", self.name).stdout
 
-    def policy(self, *args: str) -> str:
-        return lab_cli("policy", *args, "--lab", self.name).stdout
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        p = subprocess.run([*CLI, "lab", "kubectl", "--name", self.name, "--", *args],
+                           input=input, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, f"kubectl {' '.join(args)} failed ({p.returncode}): {p.stderr}"
+        return p.stdout
 
-    # -- pods and labels
+    # -- namespaces, pods and labels
+    def ns_add(self, ns: str) -> None:
+        self.kubectl("create", "namespace", ns)
+        self.kubectl("label", "namespace", ns, f"ns={ns}")
+
     def pod_add(self, ref: str) -> str:
-        name = ref.split("/")[1]
-        args = ["pod", "add", ref, "--node", PLACEMENT[ref], "--label", f"pod={name}", "--serve", SERVE]
-        for p in DECLARED_PORTS:
-            args += ["--port", p]
-        self.ips[ref] = self.lab(*args).strip()
+        ns, name = ref.split("/")
+        ports = [{"name": f"serve-{n}-{p}", "containerPort": n, "protocol": p.upper()}
+                 for n, p in ALL_PORTS]
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
+               "spec": {"nodeName": PLACEMENT[ref], "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "server", "image": "agnhost:2.47", "ports": ports}]}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        self.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "-n", ns, "--timeout=60s")
+        self.ips[ref] = self.kubectl("get", "pod", name, "-n", ns, "-o", "jsonpath={.status.podIP}")
         ipaddress.IPv4Address(self.ips[ref])
         self.missing.discard(ref)
         return self.ips[ref]
 
     def pod_del(self, ref: str) -> None:
+        ns, name = ref.split("/")
         self.missing.add(ref)
-        self.lab("pod", "del", ref)
+        self.kubectl("delete", "pod", name, "-n", ns, "--wait", "--timeout=60s")
         self.ips.pop(ref, None)
 
     def pod_label(self, ref: str, *changes: str) -> None:
+        ns, name = ref.split("/")
         self.touched_pods.setdefault(ref, set()).update(c.split("=")[0].rstrip("-") for c in changes)
-        self.lab("pod", "label", ref, *changes)
+        self.kubectl("label", "pod", name, "-n", ns, "--overwrite", *changes)
 
     def ns_label(self, ns: str, *changes: str) -> None:
         self.touched_ns.setdefault(ns, set()).update(c.split("=")[0].rstrip("-") for c in changes)
-        self.lab("ns", "label", ns, *changes)
+        self.kubectl("label", "namespace", ns, "--overwrite", *changes)
 
     # -- policies
     def apply(self, manifests: str) -> None:
@@ -190,26 +206,30 @@ class PolicyLab:
         path = self.workdir / f"case{self._applied:03d}.yaml"
         path.write_text(manifests)
         self.last_manifests += manifests
-        self.policy("apply", "-f", str(path))
+        self.kubectl("apply", "-f", str(path))
         self.wait()
+
+    def delete_policy(self, ref: str) -> None:
+        ns, name = ref.split("/")
+        self.kubectl("delete", "networkpolicy", name, "-n", ns)
 
     def wait(self) -> None:
         self.lab("wait", "--policy")
 
     def stored_policies(self) -> list[str]:
-        items = json.loads(self.policy("get", "-o", "json"))["items"]
+        items = json.loads(self.kubectl("get", "networkpolicies", "-A", "-o", "json"))["items"]
         return [f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in items]
 
     def reset(self) -> None:
         """Back to the baseline: no policy, labels as created, every pod present."""
         for ref in self.stored_policies():
-            self.policy("delete", ref)
+            self.delete_policy(ref)
         for ref in sorted(self.missing):
             self.pod_add(ref)
         for ref, keys in sorted(self.touched_pods.items()):
-            self.lab("pod", "label", ref, f"pod={ref.split('/')[1]}", *(f"{k}-" for k in sorted(keys - {"pod"})))
+            self.pod_label(ref, f"pod={ref.split('/')[1]}", *(f"{k}-" for k in sorted(keys - {"pod"})))
         for ns, keys in sorted(self.touched_ns.items()):
-            self.lab("ns", "label", ns, f"ns={ns}", *(f"{k}-" for k in sorted(keys - {"ns"})))
+            self.ns_label(ns, f"ns={ns}", *(f"{k}-" for k in sorted(keys - {"ns"})))
         self.touched_pods.clear()
         self.touched_ns.clear()
         self.last_manifests = ""
@@ -235,7 +255,7 @@ def plab(tmp_path_factory):
     with running_lab(lab_name("tt")) as name:
         lab = PolicyLab(name, tmp_path_factory.mktemp("truth-table"))
         for ns in NAMESPACES:
-            lab.lab("ns", "add", ns, "--label", f"ns={ns}")
+            lab.ns_add(ns)
         for ref in PODS:
             lab.pod_add(ref)
         lab.wait()
@@ -594,9 +614,9 @@ def test_policy_deletion_restores_connectivity(fresh):
     fresh.apply(np("x", "deny-ingress", "podSelector: {}\npolicyTypes: [Ingress]")
                 + np("y", "deny-egress", "podSelector: {}\npolicyTypes: [Egress]"))
     fresh.check(per_port(Reachability().expect_all_ingress("x/*", False).expect_all_egress("y/*", False)))
-    fresh.policy("delete", "x/deny-ingress")
+    fresh.delete_policy("x/deny-ingress")
     fresh.wait()
     fresh.check(per_port(Reachability().expect_all_egress("y/*", False)), "x/deny-ingress deleted")
-    fresh.policy("delete", "y/deny-egress")
+    fresh.delete_policy("y/deny-egress")
     fresh.wait()
     fresh.check(per_port(Reachability()), "every policy deleted")
