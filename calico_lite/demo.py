@@ -1,10 +1,13 @@
-"""`make demo`: bring up the lab, put one pod on each node, show that they all connect.
+"""`make demo`: bring up the lab (a Kubernetes cluster in network namespaces), put one pod on
+each node through the API server, show that they all connect.
 
-It leaves the lab running and says how to look around and how to take it down.
+It leaves the lab running and says how to look around, how to try a NetworkPolicy with
+kubectl, and how to take it down.
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 
@@ -21,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     lab = Lab(args.name)
     print(f"== bringing up lab {args.name!r}: {args.racks} racks x {args.nodes_per_rack} nodes, "
-          f"ToR routers (FRR), etcd, one calico-lite agent + ExaBGP per node")
+          f"ToR routers (FRR), etcd, one calico-lite agent + ExaBGP per node, Kubernetes "
+          f"(kube-apiserver, controller-manager, scheduler, kube-sync, a node component per node)")
     plan = lab.up(args.racks, args.nodes_per_rack, args.bgp, log=lambda m: print("   " + m))
-    print("== one pod per node, created through the CNI plugin (shim -> agent)")
+    print("== one pod per node: created through the API server, wired by the CNI plugin (shim -> agent)")
     for node in plan.nodes:
         t = time.monotonic()
-        ip = lab.pod_add("demo", f"pod-{node.name}", node.name, {"app": "demo"},
+        ip = lab.pod_add("demo", f"pod-{node.name}", node.name, {"app": "demo", "node": node.name},
                          ["tcp:80,udp:80"], [])
         print(f"   demo/pod-{node.name:<6} on {node.name}: {ip}  ({(time.monotonic() - t) * 1000:.0f} ms)")
     t = time.monotonic()
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   every node has a route to every pod block after {(time.monotonic() - t) * 1000:.0f} ms")
     print()
     print(format_lab_status(lab.status()))
+    for what in (["get", "nodes", "-o", "wide"], ["get", "pods", "-n", "demo", "-o", "wide"]):
+        print(f"\n$ calico-lite lab kubectl -- {' '.join(what)}", flush=True)
+        subprocess.run(lab.kubectl_argv(what), check=True)
     print("\n== pod-to-pod TCP port 80, every pair")
     rows = lab.probe(80, "tcp")
     print(format_probe(rows))
@@ -41,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     first, second = plan.nodes[0].name, plan.nodes[-1].name
     target = next(r["to"] for r in rows if r["to"].endswith(second))
     ip = next(p["ip"] for p in lab.pods() if f"{p['namespace']}/{p['name']}" == target)
-    print(f"\nLab left running. Look around: `.venv/bin/calico-lite lab status`, `... node status "
-          f"--lab {args.name}`, `... lab exec demo/pod-{first} -- ping -c1 {ip}`; "
-          f"take it down: `make lab-down`")
+    cli = ".venv/bin/calico-lite"
+    print(f"\nLab left running. Look around: `{cli} lab status`, `{cli} node status --lab {args.name}`, "
+          f"`{cli} lab exec demo/pod-{first} -- ping -c1 {ip}`, `{cli} lab kubectl -- get pods -A` "
+          f"(or `{cli} lab shell` for a shell where plain kubectl works).\n"
+          f"Try a policy: `{cli} lab kubectl -- apply -f docs/examples/demo-policy.yaml`, then "
+          f"`{cli} lab wait --policy` and `{cli} lab probe`: only {first} still reaches {second}.\n"
+          f"Take it down: `make lab-down`")
     return 0 if ok else 1
 
 

@@ -38,7 +38,12 @@ log = logging.getLogger("calico-lite.lab.kubelet")
 LEASE_SECONDS = 40
 RENEW_EVERY = 10.0
 SERVE_TIMEOUT = 10.0
+RETRY_AFTER = 2.0
 REPO = Path(__file__).resolve().parents[2]
+
+
+def api_reason(e: ApiException) -> str:
+    return f"{e.status} {e.reason}"
 
 
 def now() -> str:
@@ -231,7 +236,7 @@ class NodeComponent:
         """Terminating pod: tear its sandbox down, then let the API forget it (grace 0, as a
         kubelet does once the containers have stopped)."""
         meta = pod["metadata"]
-        sb = self.local_sandboxes().get(meta["uid"])
+        sb = self.local_sandboxes().get(meta["uid"])  # under handle()'s lock
         if sb is not None:
             self.teardown(sb)
         try:
@@ -246,8 +251,8 @@ class NodeComponent:
     # --- the pod loop --------------------------------------------------------------------
     def handle(self, kind: str, pod: dict) -> None:
         meta = pod["metadata"]
-        have = self.local_sandboxes()
-        with self.lock:
+        with self.lock:   # the watch and retry timers both come here: one decision at a time
+            have = self.local_sandboxes()
             if kind == "DELETED":
                 if meta["uid"] in have:
                     self.teardown(have[meta["uid"]])
@@ -263,21 +268,49 @@ class NodeComponent:
         listing = self.api_client.sanitize_for_serialization(
             self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}"))
         pods = {p["metadata"]["uid"]: p for p in listing.get("items", [])}
-        for uid, sb in self.local_sandboxes().items():
-            if uid not in pods:
-                with self.lock:
+        with self.lock:
+            for uid, sb in self.local_sandboxes().items():
+                if uid not in pods:
                     self.teardown(sb)
         for pod in pods.values():
             self._safely(self.handle, "ADDED", pod)
         return listing["metadata"]["resourceVersion"]
 
-    def _safely(self, fn, *args) -> None:
+    def _safely(self, fn, kind: str, pod: dict) -> None:
+        """One pod's failure must not stop the others: it is logged, reported as an Event on
+        the pod (what `kubectl describe pod` shows, as a kubelet's FailedCreatePodSandBox),
+        and retried after RETRY_AFTER seconds from a fresh read of the pod."""
         try:
-            fn(*args)
-        except Exception as e:  # one pod's failure must not stop the others: logged, retried
-            pod = args[-1]["metadata"] if args and isinstance(args[-1], dict) else {}
-            log.error(json.dumps({"event": "pod-failed", "pod": f"{pod.get('namespace')}/"
-                                  f"{pod.get('name')}", "error": str(e)}))
+            fn(kind, pod)
+        except Exception as e:
+            meta = pod["metadata"]
+            log.error(json.dumps({"event": "pod-failed", "pod": f"{meta['namespace']}/"
+                                  f"{meta['name']}", "error": str(e)}))
+            self._event(pod, "FailedCreatePodSandBox", str(e))
+            t = threading.Timer(RETRY_AFTER, self._retry, args=(meta["namespace"], meta["name"], meta["uid"]))
+            t.daemon = True
+            t.start()
+
+    def _retry(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            pod = self.api_client.sanitize_for_serialization(self.core.read_namespaced_pod(name, namespace))
+        except ApiException:
+            return  # gone: the watch or the next resync tears down whatever is left
+        if pod["metadata"]["uid"] == uid:
+            self._safely(self.handle, "MODIFIED", pod)
+
+    def _event(self, pod: dict, reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        try:
+            self.core.create_namespaced_event(meta["namespace"], {
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {"kind": "Pod", "name": meta["name"], "namespace": meta["namespace"],
+                                   "uid": meta["uid"], "apiVersion": "v1"},
+                "reason": reason, "message": message[:1000], "type": "Warning",
+                "source": {"component": "calico-lite-lab-node", "host": self.node},
+                "firstTimestamp": now(), "lastTimestamp": now(), "count": 1})
+        except ApiException as e:
+            log.warning(json.dumps({"event": "event-write-failed", "error": api_reason(e)}))
 
     def pod_loop(self) -> None:
         """List, then watch from the list's resourceVersion; relist on 410 Gone or any error

@@ -620,3 +620,24 @@ def test_policy_deletion_restores_connectivity(fresh):
     fresh.delete_policy("y/deny-egress")
     fresh.wait()
     fresh.check(per_port(Reachability()), "every policy deleted")
+
+
+@slow
+@pytest.mark.parametrize("bad, field", [
+    ("podSelector: {}\ningress: [{ports: [{port: 70000}]}]", "spec.ingress[0].ports[0].port"),
+    ("podSelector: {}\negress: [{to: [{ipBlock: {cidr: 10.0.0.300/8}}]}]", "spec.egress[0].to[0].ipBlock.cidr"),
+    ("podSelector: {matchExpressions: [{key: pod, operator: Near, values: [a]}]}",
+     "spec.podSelector.matchExpressions[0].operator"),
+])
+def test_a_malformed_policy_is_refused_by_the_api_server_and_changes_nothing(fresh, bad, field):
+    """kubectl gets the API server's own validation error naming the field; nothing reaches
+    the datastore, so every node keeps enforcing what it did (here: a deny on x/a)."""
+    fresh.apply(np("x", "deny-a", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress]"))
+    path = fresh.workdir / "malformed.yaml"
+    path.write_text(np("x", "malformed", bad))
+    p = subprocess.run([*CLI, "lab", "kubectl", "--name", fresh.name, "--", "apply", "-f", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and field in p.stderr and "is invalid" in p.stderr, p.stderr
+    fresh.wait()
+    assert fresh.stored_policies() == ["x/deny-a"]
+    fresh.check(per_port(Reachability().expect_all_ingress("x/a", False)), "after the refused policy")
