@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from calico_lite import keys  # noqa: E402
+from calico_lite import keys, kube_sync  # noqa: E402
 from calico_lite.datastore import Datastore, DatastoreUnavailable, Op  # noqa: E402
 from calico_lite.lab.lab import Lab  # noqa: E402
 from calico_lite.lab.probe import reachable  # noqa: E402
@@ -390,6 +390,11 @@ def main() -> None:
         prober_netns = f"/var/run/netns/{lab.plan.pod_netns(REAL_NS, PROBER)}"
         server_netns = lab.plan.pod_netns(REAL_NS, IPERF_SERVER)
         lab.wait_converged(60)
+        # From here on the bench writes datastore records itself, as `policy apply
+        # --etcd-endpoints` does in a cluster without kube-sync; kube-sync's resync would
+        # delete records that are not in the API, so it stops once the real pods are mirrored.
+        lab.wait_mirrored()
+        lab.stop_kube_sync()
 
         # 1,000 pods as datastore records, 200 policies
         t = time.monotonic()
@@ -425,7 +430,9 @@ spec: {{podSelector: {{matchLabels: {{role: target}}}}, policyTypes: [Ingress]}}
         print("one pod added (datastore record on r1n1), incremental update:", flush=True)
         one_pod(cl, gen_pods, 3 if q else 7, fig)
         lab.pod_add(REAL_NS, "real-new", "r2n1", {"role": "target"}, [], [])
-        e = ds.get(keys.k8s_pod(REAL_NS, "real-new"))  # written after the workload: both seen
+        pod = lab.api().as_dict(lab.api().core.read_namespaced_pod("real-new", REAL_NS))
+        ds.put(*kube_sync.pod_record(pod))   # what kube-sync would write, after the workload
+        e = ds.get(keys.k8s_pod(REAL_NS, "real-new"))
         fig.real_pod_update = [s for s in cl.statuses_after(e.mod_revision) if s.node == "r2n1"]
 
         print("throughput, iperf3 prober (r1n1) -> t-r2n2 (r2n2), across racks:", flush=True)

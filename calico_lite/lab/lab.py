@@ -272,6 +272,11 @@ class Lab:
         pid = pl.spawn(plan.cp_netns, argv, self.kube.log("kube-sync"), env={"PYTHONPATH": str(REPO)})
         self.store.add_pid("kube-sync", pid)
 
+    def stop_kube_sync(self) -> None:
+        """For benches that write the datastore directly (etcd mode): kube-sync's resync would
+        delete records that have no object in the API."""
+        pl.kill_pids(list(self.store.pop_pids("kube-sync").values()))
+
     def _start_node_component(self, node) -> int:
         argv = [sys.executable, "-m", "calico_lite.lab.kubelet", "--lab", self.name, "--node", node.name]
         pid = pl.spawn(node.netns, argv, self.node_paths(node.name).root / "kubelet.log",
