@@ -110,6 +110,10 @@ class Informer:
                 self.fail(str(e))
             except (HTTPError, OSError, ValueError, KeyError) as e:
                 self.fail(f"{type(e).__name__}: {e}")
+            except Exception as e:  # noqa: BLE001 - an informer thread must never die silently
+                log.exception("kube-sync %s: unexpected error", self.kind.name)
+                need_list = True
+                self.fail(f"unexpected {type(e).__name__}: {e}")
             self.stop.wait(backoff.next())
 
     def fail(self, error: str) -> None:

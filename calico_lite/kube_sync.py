@@ -9,6 +9,7 @@ The transforms below are pure and unit-tested.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -76,8 +77,9 @@ def node_deleted(ds: Datastore, key: str) -> None:
     released = release_node(ds, name)
     for k in (keys.node(name), keys.status(name), keys.policy_status(name)):
         ds.delete(k)
-    log.info('{"event": "kube-sync-node-released", "node": "%s", "handles": %d, "blocks": %d}',
-             name, len(released.handles), len(released.blocks_deleted) + len(released.blocks_unaffined))
+    log.info(json.dumps({"event": "kube-sync-node-released", "node": name,
+                         "handles": len(released.handles), "blocks_deleted": released.blocks_deleted,
+                         "blocks_unaffined": released.blocks_unaffined}))
 
 
 def _namespaced(prefix_key):
@@ -127,8 +129,8 @@ def run(etcd_endpoints: list[str], kubeconfig: str | None = None,
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    log.info('{"event": "kube-sync-start", "server": "%s", "etcd": "%s"}',
-             client.configuration.host, ",".join(etcd_endpoints))
+    log.info(json.dumps({"event": "kube-sync-start", "server": client.configuration.host,
+                         "etcd": etcd_endpoints}))
     for kind, api, method in KINDS:
         list_fn = getattr(getattr(kubernetes.client, api)(client), method)
         informer = Informer(kind, list_fn, ds, stop, resync_seconds)
