@@ -21,9 +21,9 @@ OTHER = "(other)"  # any other key: wakes only controllers that wait on every ch
 
 
 class Cache:
-    # reports the agents write about themselves: outputs, not inputs, so not cached (a
+    # reports the agents (and kube-sync) write about themselves: outputs, not inputs, so not cached (a
     # controller publishing its status must not wake itself up)
-    IGNORED = (keys.STATUS, keys.POLICY_STATUS)
+    IGNORED = (keys.STATUS, keys.POLICY_STATUS, keys.KUBE_SYNC_STATUS)
 
     def __init__(self, ds: Datastore, prefix: str = keys.ROOT):
         self.ds = ds

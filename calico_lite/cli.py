@@ -100,11 +100,13 @@ def cmd_node_status(args) -> int:
     return 0
 
 
-def cmd_kube_sync(args) -> int:  # pragma: no cover - needs a Kubernetes API server
-    from calico_lite.kube_sync import ApiClient, run
+def cmd_kube_sync(args) -> int:  # pragma: no cover - a long-running process (tests/integration/test_kube_sync.py)
+    from calico_lite.kube_sync import run
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run(_ds(args), ApiClient())
+    eps = args.etcd_endpoints or os.environ.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379")
+    run(eps.split(","), kubeconfig=args.kubeconfig, service_account_dir=args.service_account_dir,
+        api_server=args.api_server, resync_seconds=args.resync_seconds)
     return 0
 
 
@@ -419,8 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     from calico_lite.bgp_cli import add_bgp_commands
     add_bgp_commands(sub, node, _datastore_args)
 
-    ks = sub.add_parser("kube-sync", help="mirror Kubernetes namespaces, pods, policies into etcd")
-    _datastore_args(ks)
+    ks = sub.add_parser("kube-sync", help="mirror Kubernetes namespaces, pods, policies, nodes into etcd")
+    ks.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (default $ETCD_ENDPOINTS)")
+    ks.add_argument("--kubeconfig", help="credentials from this kubeconfig (default: in-cluster)")
+    ks.add_argument("--service-account-dir", help="in-cluster token, ca.crt, namespace "
+                    "(default /var/run/secrets/kubernetes.io/serviceaccount)")
+    ks.add_argument("--api-server", help="API server URL (default https://$KUBERNETES_SERVICE_HOST:PORT)")
+    ks.add_argument("--resync-seconds", type=float, default=300.0,
+                    help="how often each kind is compared with the datastore")
     ks.set_defaults(fn=cmd_kube_sync)
 
     inst = sub.add_parser("install-cni", help="install the CNI shim and conflist")

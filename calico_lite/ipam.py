@@ -194,3 +194,41 @@ class Ipam:
                            [Op.delete(e.key), Op.delete(keys.affinity(self.node, cidr))]):
                 released.append(cidr)
         return released
+
+
+@dataclass(frozen=True)
+class NodeRelease:
+    """What release_node gave back."""
+    handles: list[str]
+    blocks_deleted: list[str]
+    blocks_unaffined: list[str]  # still hold addresses other nodes borrowed
+
+
+def release_node(ds: Datastore, node: str) -> NodeRelease:
+    """Give back everything a node that left the cluster held, as Calico's kube-controllers
+    node controller does when a Node is deleted: the addresses of its workloads (handle,
+    workload record and allocation, one transaction each), then its blocks. An empty block
+    goes with its affinity; one still holding addresses other nodes borrowed keeps them and
+    only loses its affinity (any node may then borrow from it). Idempotent."""
+    ipam = Ipam(ds, node)
+    handles = [e.key[len(keys.HANDLES):] for e in ds.list(keys.HANDLES) if e.value.get("node") == node]
+    for h in handles:
+        ipam.release(h)
+    ds.delete_prefix(f"{keys.WORKLOADS}{node}/")  # workload records whose handle was already gone
+    deleted, unaffined = [], []
+    for _ in range(MAX_CAS_RETRIES):
+        mine = [e for e in ds.list(keys.BLOCKS) if e.value.get("affinity") == node]
+        if not mine:
+            break
+        for e in mine:
+            block = Block.from_dict(e.value)
+            affinity = Op.delete(keys.affinity(node, block.cidr))
+            if not block.allocations:
+                if ds.txn([Op.unchanged(e.key, e.mod_revision)], [Op.delete(e.key), affinity]):
+                    deleted.append(block.cidr)
+                continue
+            block.affinity = None
+            if ds.txn([Op.unchanged(e.key, e.mod_revision)], [Op.put(e.key, block.to_dict()), affinity]):
+                unaffined.append(block.cidr)
+    ds.delete_prefix(keys.affinities(node))
+    return NodeRelease(handles, sorted(deleted), sorted(unaffined))

@@ -12,6 +12,7 @@ WORKLOADS = ROOT + "workloads/"
 K8S_NAMESPACES = ROOT + "k8s/namespaces/"
 K8S_PODS = ROOT + "k8s/pods/"
 K8S_POLICIES = ROOT + "k8s/networkpolicies/"
+K8S_NODES = ROOT + "k8s/nodes/"  # kube-sync's memory of the Nodes it saw (agents keep NODES)
 
 
 def block_id(cidr: str) -> str:
@@ -63,6 +64,10 @@ def k8s_policy(namespace: str, name: str) -> str:
     return f"{K8S_POLICIES}{namespace}/{name}"
 
 
+def k8s_node(name: str) -> str:
+    return K8S_NODES + name
+
+
 STATUS = ROOT + "status/"
 
 
@@ -77,6 +82,15 @@ POLICY_STATUS = ROOT + "policystatus/"
 def policy_status(node_name: str) -> str:
     """The policy controller's last sync on that node (generation, timings, errors)."""
     return POLICY_STATUS + node_name
+
+
+KUBE_SYNC_STATUS = ROOT + "kubesyncstatus/"
+
+
+def kube_sync_status(kind: str) -> str:
+    """kube-sync's informer for one kind (namespaces, pods, networkpolicies, nodes): synced,
+    last resourceVersion seen, last error."""
+    return KUBE_SYNC_STATUS + kind
 
 
 BARRIER = ROOT + "sync/barrier"  # written to make every agent's cache (and controllers) catch up

@@ -1,27 +1,38 @@
-"""kube-sync: mirrors Kubernetes namespaces, pods and NetworkPolicies into the datastore.
+"""kube-sync: mirrors Kubernetes Namespaces, Pods, NetworkPolicies and Nodes into the datastore.
 
-In a cluster, one replica (a Deployment) lists and watches the API server and writes the
-records the agents' policy controllers read; in the lab, `calico-lite lab` writes the same
-records itself. The transforms and the reconcile plan are pure and unit-tested; the HTTP
-client is the thin part (standard library only, in-cluster service-account credentials).
+One process (the Deployment in deploy/, one replica) runs one informer per kind
+(calico_lite.kube_informer) on the official `kubernetes` client, with in-cluster
+service-account credentials or a kubeconfig. It is the only way policies, namespace labels
+and pod labels reach the records the agents' policy controllers read. A deleted Node's IPAM
+(its workloads' addresses and its blocks) is released, as Calico's kube-controllers do.
+The transforms below are pure and unit-tested.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import ssl
-import time
-import urllib.request
-from dataclasses import dataclass
-from typing import Iterator
+import signal
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.config.incluster_config import (SERVICE_HOST_ENV_NAME, SERVICE_PORT_ENV_NAME,
+                                                InClusterConfigLoader)
 
 from calico_lite import keys
-from calico_lite.datastore import Datastore, DatastoreUnavailable
+from calico_lite.datastore import Datastore
+from calico_lite.ipam import release_node
+from calico_lite.kube_informer import Informer, Kind, reconcile_plan
 from policy.manifests import policy_from_dict, policy_to_dict
 
+__all__ = ["namespace_record", "pod_record", "policy_record", "node_record", "reconcile_plan",
+           "KINDS", "api_client", "run"]
 log = logging.getLogger("calico-lite.kube-sync")
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+RESYNC_SECONDS = 300.0
 
 
 def namespace_record(obj: dict) -> tuple[str, dict]:
@@ -51,76 +62,78 @@ def policy_record(obj: dict) -> tuple[str, dict]:
     return keys.k8s_policy(p.namespace, p.name), policy_to_dict(p)
 
 
-@dataclass(frozen=True)
-class Kind:
-    path: str       # API list path
-    prefix: str     # datastore prefix
-    transform: object
+def node_record(obj: dict) -> tuple[str, dict]:
+    """The agents need nothing from the Node (they write their own node records); this record
+    is kube-sync's memory of the Nodes it has seen, so a Node deleted while kube-sync was down
+    shows up at the next list as a key the API no longer has, and its IPAM is released."""
+    name = obj["metadata"]["name"]
+    return keys.k8s_node(name), {"name": name}
 
 
-KINDS = (Kind("/api/v1/namespaces", keys.K8S_NAMESPACES, namespace_record),
-         Kind("/api/v1/pods", keys.K8S_PODS, pod_record),
-         Kind("/apis/networking.k8s.io/v1/networkpolicies", keys.K8S_POLICIES, policy_record))
-
-
-def reconcile_plan(current: dict[str, dict], listed: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
-    """After a (re)list: what to write and what to delete so the datastore equals the API (pure)."""
-    puts = {k: v for k, v in listed.items() if current.get(k) != v}
-    deletes = sorted(k for k in current if k not in listed)
-    return puts, deletes
-
-
-class ApiClient:
-    def __init__(self, server: str | None = None, token: str | None = None, ca: str | None = None):
-        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-        self.server = server or f"https://{host}:{port}"
-        self.token = token or open(f"{SA_DIR}/token").read().strip()
-        self.ctx = ssl.create_default_context(cafile=ca or f"{SA_DIR}/ca.crt")
-
-    def _open(self, path: str, timeout: float):
-        req = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {self.token}"})
-        return urllib.request.urlopen(req, context=self.ctx, timeout=timeout)
-
-    def list(self, path: str) -> dict:
-        with self._open(path, 30) as r:
-            return json.load(r)
-
-    def watch(self, path: str, rv: str) -> Iterator[dict]:
-        with self._open(f"{path}?watch=1&resourceVersion={rv}&timeoutSeconds=300", 330) as r:
-            for line in r:
-                yield json.loads(line)
-
-
-def sync_kind(api: ApiClient, ds: Datastore, kind: Kind) -> None:
-    """List, reconcile, then apply watch events until the watch ends (the caller loops)."""
-    listing = api.list(kind.path)
-    listed = dict(filter(None, (kind.transform(o) for o in listing.get("items", []))))  # type: ignore[operator]
-    current = {e.key: e.value for e in ds.list(kind.prefix)}
-    puts, deletes = reconcile_plan(current, listed)
-    for k, v in puts.items():
-        ds.put(k, v)
-    for k in deletes:
+def node_deleted(ds: Datastore, key: str) -> None:
+    """What a Node leaving the cluster frees: its addresses and blocks, and the agent's
+    records about it (as Calico's node controller deletes the Calico Node)."""
+    name = key[len(keys.K8S_NODES):]
+    released = release_node(ds, name)
+    for k in (keys.node(name), keys.status(name), keys.policy_status(name)):
         ds.delete(k)
-    log.info(json.dumps({"event": "kube-sync-list", "kind": kind.path, "objects": len(listed),
-                         "written": len(puts), "deleted": len(deletes)}))
-    for ev in api.watch(kind.path, listing["metadata"]["resourceVersion"]):
-        rec = kind.transform(ev["object"])  # type: ignore[operator]
-        if ev["type"] == "DELETED" and rec:
-            ds.delete(rec[0])
-        elif ev["type"] in ("ADDED", "MODIFIED") and rec:
-            ds.put(*rec)
+    log.info(json.dumps({"event": "kube-sync-node-released", "node": name,
+                         "handles": len(released.handles), "blocks_deleted": released.blocks_deleted,
+                         "blocks_unaffined": released.blocks_unaffined}))
 
 
-def run(ds: Datastore, api: ApiClient) -> None:  # pragma: no cover - needs an API server
-    import threading
+def _namespaced(prefix_key):
+    return lambda meta: prefix_key(meta["namespace"], meta["name"])
 
-    def loop(kind: Kind) -> None:
-        while True:
-            try:
-                sync_kind(api, ds, kind)
-            except (OSError, ValueError, DatastoreUnavailable) as e:
-                log.warning("kube-sync %s: %s; relisting", kind.path, e)
-                time.sleep(2)
-    for kind in KINDS:
-        threading.Thread(target=loop, args=(kind,), daemon=True, name=kind.path).start()
-    threading.Event().wait()
+
+KINDS = (
+    (Kind("namespaces", keys.K8S_NAMESPACES, lambda m: keys.k8s_namespace(m["name"]), namespace_record),
+     "CoreV1Api", "list_namespace"),
+    (Kind("pods", keys.K8S_PODS, _namespaced(keys.k8s_pod), pod_record),
+     "CoreV1Api", "list_pod_for_all_namespaces"),
+    (Kind("networkpolicies", keys.K8S_POLICIES, _namespaced(keys.k8s_policy), policy_record),
+     "NetworkingV1Api", "list_network_policy_for_all_namespaces"),
+    (Kind("nodes", keys.K8S_NODES, lambda m: keys.k8s_node(m["name"]), node_record, node_deleted),
+     "CoreV1Api", "list_node"),
+)
+
+
+def api_client(kubeconfig: str | None = None, service_account_dir: str | None = None,
+               api_server: str | None = None) -> kubernetes.client.ApiClient:
+    """A kubeconfig when given; otherwise in-cluster credentials (token, ca.crt) from the
+    service-account directory, the server from api_server or KUBERNETES_SERVICE_HOST/PORT.
+    The token file is re-read every minute (bound tokens rotate)."""
+    cfg = kubernetes.client.Configuration()
+    if kubeconfig:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        sa = Path(service_account_dir or SA_DIR)
+        environ: dict = dict(os.environ)
+        if api_server:
+            url = urlparse(api_server)
+            environ = {SERVICE_HOST_ENV_NAME: url.hostname or "", SERVICE_PORT_ENV_NAME: str(url.port or 443)}
+        InClusterConfigLoader(token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt"),
+                              environ=environ).load_and_set(cfg)
+    if api_server:
+        cfg.host = api_server.rstrip("/")
+    cfg.connection_pool_maxsize = 2 * len(KINDS)  # one watch per kind, plus a list each
+    return kubernetes.client.ApiClient(cfg)
+
+
+def run(etcd_endpoints: list[str], kubeconfig: str | None = None,
+        service_account_dir: str | None = None, api_server: str | None = None,
+        resync_seconds: float = RESYNC_SECONDS, stop: threading.Event | None = None) -> None:
+    """kube-sync's process: one informer thread per kind until stop is set (or SIGTERM)."""
+    client = api_client(kubeconfig, service_account_dir, api_server)
+    ds = Datastore(etcd_endpoints)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log.info(json.dumps({"event": "kube-sync-start", "server": client.configuration.host,
+                         "etcd": etcd_endpoints}))
+    for kind, api, method in KINDS:
+        list_fn = getattr(getattr(kubernetes.client, api)(client), method)
+        informer = Informer(kind, list_fn, ds, stop, resync_seconds)
+        threading.Thread(target=informer.run, daemon=True, name=f"kube-sync-{kind.name}").start()
+    stop.wait()
+    ds.close()

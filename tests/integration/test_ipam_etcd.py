@@ -9,7 +9,7 @@ import pytest
 
 from calico_lite import keys
 from calico_lite.blocks import Block, Pool
-from calico_lite.ipam import Ipam, PoolExhausted, ensure_pool
+from calico_lite.ipam import Ipam, PoolExhausted, ensure_pool, release_node
 
 
 def small_pool(ds, cidr="10.244.0.0/28", block_size=30):
@@ -69,6 +69,32 @@ def test_borrowing_when_no_block_is_left_then_exhaustion(ds):
         n3.assign(f"c{i}/eth0")
     with pytest.raises(PoolExhausted, match="10.244.0.0/29"):
         n3.assign("last/eth0")
+
+
+def test_release_node_gives_back_its_addresses_and_blocks_but_not_what_others_borrowed(ds):
+    small_pool(ds, "10.244.0.0/29", 30)  # two blocks of 4
+    n1, n2, n3 = Ipam(ds, "n1"), Ipam(ds, "n2"), Ipam(ds, "n3")
+    a1 = n1.assign("a/eth0")
+    n2.assign("b/eth0")
+    n3_got = [n3.assign(f"c{i}/eth0") for i in range(5)]  # n3 has no block: it borrows from both
+    borrowed_from_n1 = next(a for a in n3_got if a.block == a1.block)
+    x = n1.assign("x/eth0")  # n1's block is full by now: borrowed from n2's
+    assert x.borrowed
+    for h in ("a/eth0", "x/eth0"):
+        ds.put(keys.workload("n1", h), {"ip": "?"})
+    ds.put(keys.workload("n1", "stale/eth0"), {"ip": "?"})
+    released = release_node(ds, "n1")
+    assert sorted(released.handles) == ["a/eth0", "x/eth0"] and released.blocks_deleted == []
+    assert released.blocks_unaffined == [a1.block]  # still holds n3's borrowed address
+    assert n1.get("a/eth0") is None and n1.get("x/eth0") is None
+    assert ds.list(keys.affinities("n1")) == [] and ds.list(f"{keys.WORKLOADS}n1/") == []
+    block = Block.from_dict(ds.get(keys.block(a1.block)).value)
+    assert block.affinity is None and borrowed_from_n1.handle in block.allocations.values()
+    assert n3.get(borrowed_from_n1.handle) == borrowed_from_n1
+    n2_block = Block.from_dict(ds.get(keys.block(x.block)).value)
+    assert "x/eth0" not in n2_block.allocations.values() and n2_block.affinity == "n2"
+    assert n2.get("b/eth0") and all(n3.get(a.handle) == a for a in n3_got)
+    assert release_node(ds, "n1") == type(released)([], [], [])  # idempotent
 
 
 def test_release_ip_finds_the_handle(ds):
