@@ -21,7 +21,6 @@ from calico_lite.install import install_cni
 from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import control_plane as cp
 from calico_lite.lab import plumbing as pl
-from calico_lite.lab.cluster import LabApi, container_ports
 from calico_lite.lab.frr import FrrRouter, render_frr_config
 from calico_lite.lab.plan import (ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
                                   make_plan)
@@ -68,7 +67,7 @@ class Lab:
         self.name = name
         self.store = StateStore(name)
         self._ds: Datastore | None = None
-        self._api: LabApi | None = None
+        self._api = None   # cluster.LabApi, made on first use
         self._home: int | None = None
 
     # --- plan and paths ------------------------------------------------------------------
@@ -101,9 +100,10 @@ class Lab:
             self._ds = Datastore(["http://127.0.0.1:2379"])
         return self._ds
 
-    def api(self) -> LabApi:
+    def api(self) -> "LabApi":  # noqa: F821 - imported on first use
         """The lab's Kubernetes API as its admin, from inside its control-plane namespace."""
         if self._api is None:
+            from calico_lite.lab.cluster import LabApi  # the client costs ~1 s to import
             self._enter_cp()
             self._api = LabApi(str(self.kube.admin_kubeconfig))
         return self._api
@@ -469,6 +469,7 @@ class Lab:
                 serve: list[str], ports: list[dict]) -> str:
         """A Pod bound to node whose containerPorts are the served and the named ports; its
         node component makes it (CNI ADD, echo servers) and reports it Ready."""
+        from calico_lite.lab.cluster import container_ports
         self.plan.node(node)
         declared = container_ports(parse_serve(serve), ports)
         return self.api().pod_add(namespace, pod, node, labels, declared)

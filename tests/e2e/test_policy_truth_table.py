@@ -138,7 +138,7 @@ def np(ns: str, name: str, spec: str) -> str:
     """One NetworkPolicy document; `spec` is the YAML body of .spec."""
     body = "\n".join("  " + line for line in spec.strip("\n").splitlines())
     return (f"---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
-            f"metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}\n")
+            f"metadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{body}\n")
 
 
 class PolicyLab:
