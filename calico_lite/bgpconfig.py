@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from bgp.config import PeerConfig, SpeakerConfig
 from calico_lite import keys
-from calico_lite.selector import SelectorError, parse_selector
+from calico_lite.peer_selector import SelectorError, parse_selector
 
 DEFAULT_AS = 64512
 DEFAULT_HOLD = 9
