@@ -98,16 +98,6 @@ class IpipTunnel:
             _set_addresses(ipr, idx, tunnel_address, result, self.device)
         return result
 
-    def release(self) -> TunnelResult:
-        """Remove our address and take tunl0 down (the fallback device cannot be deleted)."""
-        result = TunnelResult()
-        with _ipr() as ipr:
-            idx = _index(ipr, self.device)
-            if idx is not None:
-                _set_addresses(ipr, idx, None, result, self.device)
-                ipr.link("set", index=idx, state="down")
-        return result
-
     def _index(self, ipr) -> int:
         from pyroute2 import NetlinkError
 

@@ -5,8 +5,6 @@ and the text the applier sends is exactly what an operator sees in `nft list tab
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 
 FAMILY = "inet"
@@ -86,10 +84,6 @@ class Ruleset:
                 "sets": len(self.sets),
                 "set_elements": sum(len(s.elements) for s in self.sets.values()),
                 "map_elements": sum(len(m.elements) for m in self.maps.values())}
-
-    def to_json(self) -> str:
-        """A JSON dump of the plain structure (for `policy show`-style debugging)."""
-        return json.dumps(dataclasses.asdict(self), default=sorted, indent=1)
 
     @property
     def ref(self) -> str:
