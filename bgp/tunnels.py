@@ -17,6 +17,8 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from plugin.link import link_index as _index
+
 from .encap import DEVICES, OVERHEAD
 from .model import RemoteNode
 
@@ -47,11 +49,6 @@ class TunnelResult:
 def _ipr():
     from pyroute2 import IPRoute
     return IPRoute()
-
-
-def _index(ipr, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
 
 
 def _set_addresses(ipr, idx: int, address: str | None, result: TunnelResult, dev: str) -> None:

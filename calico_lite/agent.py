@@ -21,6 +21,7 @@ from typing import Iterator
 from pyroute2 import IPRoute
 
 from bgp.encap import OVERHEAD
+from bgp.process import Backoff
 from calico_lite import keys
 from calico_lite.blocks import Pool
 from calico_lite.cache import Cache
@@ -85,13 +86,12 @@ def pool_overhead(pools: dict[str, dict]) -> int:
 
 
 def wait_for_datastore(ds: Datastore, stop: threading.Event) -> None:
-    delay = 0.1
+    backoff = Backoff(0.1, cap=2.0)
     while not stop.is_set():
         if ds.healthy():
             return
         log.info(json.dumps({"event": "datastore-wait", "etcd": ds.describe}))
-        stop.wait(delay)
-        delay = min(delay * 2, 2.0)
+        backoff.wait(stop)
 
 
 class NodeAgent:

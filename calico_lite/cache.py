@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
+from bgp.process import Backoff
 from calico_lite import keys
 from calico_lite.datastore import Change, Datastore, DatastoreUnavailable
 
@@ -110,6 +110,7 @@ class Cache:
             self._bump([c.key for c in relevant])
 
     def _sync_loop(self) -> None:
+        retry = Backoff(1.0)   # a lost etcd is asked again every second
         while not self._stop.is_set():
             self._resync.wait(timeout=30)
             if self._stop.is_set():
@@ -128,4 +129,4 @@ class Cache:
                 self.synced.set()
             except DatastoreUnavailable as e:
                 log.warning("datastore resync failed, retrying: %s", e)
-                time.sleep(1)
+                retry.wait()

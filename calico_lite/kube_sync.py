@@ -11,11 +11,11 @@ import json
 import logging
 import os
 import ssl
-import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Iterator
 
+from bgp.process import Backoff
 from calico_lite import keys
 from calico_lite.datastore import Datastore, DatastoreUnavailable
 from policy.manifests import policy_from_dict, policy_to_dict
@@ -115,12 +115,13 @@ def run(ds: Datastore, api: ApiClient) -> None:  # pragma: no cover - needs an A
     import threading
 
     def loop(kind: Kind) -> None:
+        retry = Backoff(2.0)   # a relist after 2 s, every time
         while True:
             try:
                 sync_kind(api, ds, kind)
             except (OSError, ValueError, DatastoreUnavailable) as e:
                 log.warning("kube-sync %s: %s; relisting", kind.path, e)
-                time.sleep(2)
+                retry.wait()
     for kind in KINDS:
         threading.Thread(target=loop, args=(kind,), daemon=True, name=kind.path).start()
     threading.Event().wait()

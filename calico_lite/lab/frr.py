@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from calico_lite.lab.plumbing import kill_pids, pid_alive
+from bgp.process import kill_pids, pid_alive
 
 FRR_LIB = Path("/usr/lib/frr")
 DAEMONS = ("zebra", "bgpd")
