@@ -93,7 +93,8 @@ class Cache:
             self._generation_of[cat] = self._generation
         self._cond.notify_all()
 
-    def _apply(self, changes: list[Change] | None) -> None:
+    def apply_changes(self, changes: list[Change] | None) -> None:
+        """The watch callback: take a batch of changes (None: the watch broke, resync)."""
         if changes is None:
             self._resync.set()
             return
@@ -125,7 +126,7 @@ class Cache:
                     self.revision = max(self.revision, rev)
                     self._bump()
                 self._resync.clear()
-                self._watch_id = self.ds.watch(self.prefix, self._apply, start_revision=rev + 1)
+                self._watch_id = self.ds.watch(self.prefix, self.apply_changes, start_revision=rev + 1)
                 self.synced.set()
             except DatastoreUnavailable as e:
                 log.warning("datastore resync failed, retrying: %s", e)
