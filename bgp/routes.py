@@ -87,14 +87,7 @@ def desired_routes(
         pool = pool_for(net, pool_list)
         usable: list[tuple[LearnedPath, str, str]] = []  # (path, encap, gateway)
         for p in paths:
-            reason = _unusable(p, mine, local_as)
-            if not reason:
-                on_link = any(ipaddress.IPv4Address(p.next_hop) in s for s in subnets)
-                encap = choose_encap(on_link, pool)
-                if encap is None:
-                    reason = NOT_ON_LINK
-                else:
-                    gateway, reason = gateway_for(encap, p.next_hop, remotes, supported)
+            encap, gateway, reason = _carry(p, pool, subnets, mine, local_as, remotes, supported)
             if reason:
                 plan.skipped.append(Skipped(str(net), p.next_hop, reason))
             else:
@@ -110,6 +103,21 @@ def desired_routes(
 
 
 _ENCAP_PREFERENCE = ("none", "ipip", "vxlan")
+
+
+def _carry(p: LearnedPath, pool: PoolEncap | None, subnets: list[ipaddress.IPv4Network],
+           mine: set[str], local_as: int | None, remotes: Mapping[str, RemoteNode],
+           supported: set[str]) -> tuple[str, str, str]:
+    """(encapsulation, kernel gateway, "") for one path, or ("", "", why it cannot be used)."""
+    reason = _unusable(p, mine, local_as)
+    if reason:
+        return "", "", reason
+    on_link = any(ipaddress.IPv4Address(p.next_hop) in s for s in subnets)
+    encap = choose_encap(on_link, pool)
+    if encap is None:
+        return "", "", NOT_ON_LINK
+    gateway, reason = gateway_for(encap, p.next_hop, remotes, supported)
+    return encap, gateway, reason
 
 
 def _unusable(p: LearnedPath, mine: set[str], local_as: int | None) -> str:

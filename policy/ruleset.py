@@ -206,6 +206,7 @@ def render_update(old: Ruleset, new: Ruleset) -> tuple[str | None, str]:
     new sets); add elements to kept sets and dispatch entries (which jump to the new chains); flush
     and delete chains nothing jumps to any more; last, delete sets no rule names any more (every
     rule that named one sat in a chain flushed above, since a rule's text carries the set's name).
+    It is one function so that this order reads top to bottom as the transaction runs.
     """
     reason = _is_structural(old, new)
     if reason:
