@@ -18,10 +18,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from bgp.model import Failure, PoolEncap, RemoteNode
 from bgp.tunnels import EncapUnavailable, IpipTunnel, VxlanTunnel
 from calico_lite import keys
-from calico_lite.blocks import Pool
-from calico_lite.blocks import IpamError
+from calico_lite.blocks import IpamError, Pool
 from calico_lite.datastore import Datastore, DatastoreUnavailable
-from calico_lite.ipam import Ipam, PoolExhausted
+from calico_lite.ipam import Ipam
 
 log = logging.getLogger("calico-lite.tunnels")
 
@@ -91,7 +90,7 @@ def tunnel_handle(node: str, encap: str) -> str:
 
 # --- on agent start ----------------------------------------------------------------------
 # what a tunnel setup may fail with; the agent still serves pods and plain routes without it
-SETUP_ERRORS = (NetlinkError, OSError, IpamError, PoolExhausted, DatastoreUnavailable)
+SETUP_ERRORS = (NetlinkError, OSError, IpamError, DatastoreUnavailable)  # PoolExhausted is an IpamError
 
 
 def setup_node_tunnels(ds: Datastore, ipam: Ipam, node: str,
