@@ -60,3 +60,15 @@ class RemoteNode:
     address: str
     vtep_ip: str = ""
     vtep_mac: str = ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Kernel state we could not program (a route, a tunnel device or entry), and why:
+    what the operator reads in `node status`."""
+
+    what: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.reason}"

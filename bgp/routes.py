@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .encap import DEVICES, NOT_ON_LINK, as_pools, choose_encap, gateway_for, pool_for
-from .model import LearnedPath, PoolEncap, RemoteNode, Route
+from .model import Failure, LearnedPath, PoolEncap, RemoteNode, Route
 
 __all__ = ["PROTO", "LearnedPath", "Route", "PoolEncap", "RemoteNode", "Skipped", "RoutePlan",
            "ApplyResult", "desired_routes", "RouteApplier"]
@@ -87,14 +87,7 @@ def desired_routes(
         pool = pool_for(net, pool_list)
         usable: list[tuple[LearnedPath, str, str]] = []  # (path, encap, gateway)
         for p in paths:
-            reason = _unusable(p, mine, local_as)
-            if not reason:
-                on_link = any(ipaddress.IPv4Address(p.next_hop) in s for s in subnets)
-                encap = choose_encap(on_link, pool)
-                if encap is None:
-                    reason = NOT_ON_LINK
-                else:
-                    gateway, reason = gateway_for(encap, p.next_hop, remotes, supported)
+            encap, gateway, reason = _carry(p, pool, subnets, mine, local_as, remotes, supported)
             if reason:
                 plan.skipped.append(Skipped(str(net), p.next_hop, reason))
             else:
@@ -110,6 +103,21 @@ def desired_routes(
 
 
 _ENCAP_PREFERENCE = ("none", "ipip", "vxlan")
+
+
+def _carry(p: LearnedPath, pool: PoolEncap | None, subnets: list[ipaddress.IPv4Network],
+           mine: set[str], local_as: int | None, remotes: Mapping[str, RemoteNode],
+           supported: set[str]) -> tuple[str, str, str]:
+    """(encapsulation, kernel gateway, "") for one path, or ("", "", why it cannot be used)."""
+    reason = _unusable(p, mine, local_as)
+    if reason:
+        return "", "", reason
+    on_link = any(ipaddress.IPv4Address(p.next_hop) in s for s in subnets)
+    encap = choose_encap(on_link, pool)
+    if encap is None:
+        return "", "", NOT_ON_LINK
+    gateway, reason = gateway_for(encap, p.next_hop, remotes, supported)
+    return encap, gateway, reason
 
 
 def _unusable(p: LearnedPath, mine: set[str], local_as: int | None) -> str:
@@ -144,7 +152,11 @@ class ApplyResult:
     replaced: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(f) for f in self.failures]
 
     @property
     def changed(self) -> bool:
@@ -163,10 +175,6 @@ class RouteApplier:
             raise ValueError(f"routing protocol {proto} is reserved or out of range")
         self.proto = proto
         self.table = table
-
-    def current(self) -> dict[str, tuple[str, ...]]:
-        """Our routes now in the kernel: prefix -> sorted next hops."""
-        return {prefix: r.next_hops for prefix, r in self.current_routes().items()}
 
     def current_routes(self) -> dict[str, Route]:
         """Our routes now in the kernel, with the encapsulation their device implies."""
@@ -190,12 +198,12 @@ class RouteApplier:
                 existing = ours.get(prefix)
                 if existing == route:
                     continue
-                what = f"replace {prefix} via {','.join(route.next_hops)}"
+                what = f"replace {prefix} via {','.join(route.next_hops)} (encap {route.encap})"
                 try:
                     spec = self._spec(route, devices)
                     ipr.route("replace", **spec)
                 except (NetlinkError, LookupError) as e:
-                    result.errors.append(f"{what} (encap {route.encap}): {e}")
+                    result.failures.append(Failure(what, str(e)))
                     continue
                 (result.replaced if existing else result.added).append(prefix)
             for prefix in ours:
@@ -204,12 +212,8 @@ class RouteApplier:
                         ipr.route("del", dst=prefix, proto=self.proto, table=self.table)
                         result.deleted.append(prefix)
                     except NetlinkError as e:
-                        result.errors.append(f"delete {prefix}: {e}")
+                        result.failures.append(Failure(f"delete {prefix}", str(e)))
         return result
-
-    def flush(self) -> list[str]:
-        """Delete every route with our proto (in our table); returns the prefixes removed."""
-        return self.apply([]).deleted
 
     def _spec(self, route: Route, devices: dict[str, int]) -> dict:
         spec: dict = {"dst": route.prefix, "proto": self.proto, "table": self.table}

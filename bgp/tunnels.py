@@ -17,6 +17,8 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from plugin.link import link_index as _index
+
 from .encap import DEVICES, OVERHEAD
 from .model import RemoteNode
 
@@ -47,11 +49,6 @@ class TunnelResult:
 def _ipr():
     from pyroute2 import IPRoute
     return IPRoute()
-
-
-def _index(ipr, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
 
 
 def _set_addresses(ipr, idx: int, address: str | None, result: TunnelResult, dev: str) -> None:
@@ -96,16 +93,6 @@ class IpipTunnel:
                 ipr.link("set", index=idx, state="up")
                 result.added.append(f"{self.device} up")
             _set_addresses(ipr, idx, tunnel_address, result, self.device)
-        return result
-
-    def release(self) -> TunnelResult:
-        """Remove our address and take tunl0 down (the fallback device cannot be deleted)."""
-        result = TunnelResult()
-        with _ipr() as ipr:
-            idx = _index(ipr, self.device)
-            if idx is not None:
-                _set_addresses(ipr, idx, None, result, self.device)
-                ipr.link("set", index=idx, state="down")
         return result
 
     def _index(self, ipr) -> int:

@@ -20,10 +20,12 @@ from typing import Iterator
 
 from pyroute2 import IPRoute
 
+from bgp.encap import OVERHEAD
+from bgp.process import Backoff
 from calico_lite import keys
 from calico_lite.blocks import Pool
 from calico_lite.cache import Cache
-from calico_lite.cni_backend import ENCAP_OVERHEAD, DatastoreBackend
+from calico_lite.cni_backend import DatastoreBackend
 from calico_lite.datastore import Datastore, DatastoreUnavailable
 from calico_lite.ipam import ensure_pool
 from calico_lite.policy_sync import PolicyController
@@ -79,18 +81,17 @@ def pool_overhead(pools: dict[str, dict]) -> int:
     for d in pools.values():
         p = Pool.from_dict(d)
         if not p.disabled and p.encap_mode != "Never":
-            worst = max(worst, ENCAP_OVERHEAD[p.encapsulation])
+            worst = max(worst, OVERHEAD[p.encapsulation])
     return worst
 
 
 def wait_for_datastore(ds: Datastore, stop: threading.Event) -> None:
-    delay = 0.1
+    backoff = Backoff(0.1, cap=2.0)
     while not stop.is_set():
         if ds.healthy():
             return
         log.info(json.dumps({"event": "datastore-wait", "etcd": ds.describe}))
-        stop.wait(delay)
-        delay = min(delay * 2, 2.0)
+        backoff.wait(stop)
 
 
 class NodeAgent:
@@ -142,8 +143,8 @@ class NodeAgent:
         ensure_pool(self.ds)
         # tunnel address and VTEP MAC go into the node record with everything else, so a
         # restarting agent never publishes a record without them (peers would drop routes)
-        self.tunnel_fields = setup_node_tunnels(self.ds, self.backend.ipam, self.cfg.node,
-                                                self.cfg.address)
+        self.tunnel_fields, self.routing.setup_failures = setup_node_tunnels(
+            self.ds, self.backend.ipam, self.cfg.node, self.cfg.address)
         self.register()
         self.cache.start()
         self.cache.synced.wait(10)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from bgp.config import PeerConfig, SpeakerConfig
 from calico_lite import keys
-from calico_lite.selector import SelectorError, parse_selector
+from calico_lite.peer_selector import SelectorError, parse_selector
 
 DEFAULT_AS = 64512
 DEFAULT_HOLD = 9
@@ -138,71 +138,96 @@ def node_speaker_config(
     me = nodes.get(node) or NodeBgp(name=node, address=local_address)
     g = glob or BgpGlobal(as_number=default_as, mesh=False)
     local_as = me.as_number or (g.as_number if glob else default_as)
-    problems: list[str] = []
-    by_addr: dict[str, PeerConfig] = {p.address: p for p in static_peers}
-
-    def node_as(n: NodeBgp) -> int:
-        return n.as_number or g.as_number
-
-    def add(address: str, asn: int, hold: int, password: str | None, description: str) -> None:
-        if address == local_address or not address:
-            return
-        other = next((n for n in nodes.values() if n.address == address), None)
-        client = bool(me.cluster_id and other is not None and asn == local_as
-                      and other.cluster_id != me.cluster_id)
-        by_addr[address] = PeerConfig(address=address, peer_as=asn, hold_time=hold or g.hold_time,
-                                      md5_password=password, description=description,
-                                      route_reflector_client=client)
-
+    chosen = _PeerChoice(node, me, nodes, g, local_as, local_address,
+                         {p.address: p for p in static_peers})
     if glob is not None:
         if g.mesh:
-            for other in sorted(nodes.values(), key=lambda n: n.name):
-                if other.name != node and other.address:
-                    add(other.address, node_as(other), 0, None, f"node-to-node mesh ({other.name})")
+            for other in chosen.others(lambda n: True):
+                chosen.add(other.address, chosen.node_as(other), 0, None,
+                           f"node-to-node mesh ({other.name})")
         for p in sorted(peers, key=lambda p: p.name):
             try:
-                if p.node:
-                    selected = p.node == node
-                else:
-                    selected = parse_selector(p.node_selector).matches(me.labels)
-                if p.peer_selector and parse_selector(p.peer_selector).matches(me.labels):
-                    # the other side of a node-to-node peering (as Calico): peer back with
-                    # the nodes the record selects, e.g. a route reflector with its clients
-                    password = secrets.get(p.password_secret) if p.password_secret else None
-                    for other in sorted(nodes.values(), key=lambda n: n.name):
-                        chosen = other.name == p.node if p.node else \
-                            parse_selector(p.node_selector).matches(other.labels)
-                        if (other.name != node and other.address and chosen
-                                and other.address not in by_addr
-                                and (password or not p.password_secret)):
-                            add(other.address, node_as(other), p.hold_time, password,
-                                f"peer {p.name} ({other.name})")
-                if not selected:
-                    continue
-                password = None
-                if p.password_secret:
-                    password = secrets.get(p.password_secret)
-                    if password is None:
-                        problems.append(f"BGP peer {p.name}: secret {p.password_secret} not found; "
-                                        "peer left out")
-                        continue
-                if p.peer_ip:
-                    add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}")
-                else:
-                    sel = parse_selector(p.peer_selector)
-                    for other in sorted(nodes.values(), key=lambda n: n.name):
-                        if other.name != node and other.address and sel.matches(other.labels):
-                            add(other.address, node_as(other), p.hold_time, password,
-                                f"peer {p.name} ({other.name})")
+                chosen.add_peer(p, secrets)
             except SelectorError as e:
-                problems.append(f"BGP peer {p.name}: {e}")
+                chosen.problems.append(f"BGP peer {p.name}: {e}")
+    by_addr = chosen.by_addr
     cfg = SpeakerConfig(router_id=me.router_id or default_router_id or local_address,
                         local_address=local_address, local_as=local_as,
                         peers=[by_addr[a] for a in sorted(by_addr, key=ipaddress.IPv4Address)],
                         listen=listen or glob is not None,
                         graceful_restart=g.graceful_restart if glob is not None else 0,
                         cluster_id=me.cluster_id)
-    return cfg, problems
+    return cfg, chosen.problems
+
+
+@dataclass
+class _PeerChoice:
+    """The peers node_speaker_config is choosing for one node, by address, as it goes."""
+
+    node: str
+    me: NodeBgp
+    nodes: Mapping[str, NodeBgp]
+    g: BgpGlobal
+    local_as: int
+    local_address: str
+    by_addr: dict[str, PeerConfig]
+    problems: list[str] = field(default_factory=list)
+
+    def node_as(self, n: NodeBgp) -> int:
+        return n.as_number or self.g.as_number
+
+    def others(self, pick) -> list[NodeBgp]:
+        """The other nodes with an address that pick(node) selects, by name."""
+        return [o for o in sorted(self.nodes.values(), key=lambda n: n.name)
+                if o.name != self.node and o.address and pick(o)]
+
+    def add(self, address: str, asn: int, hold: int, password: str | None,
+            description: str) -> None:
+        if address == self.local_address or not address:
+            return
+        other = next((n for n in self.nodes.values() if n.address == address), None)
+        client = bool(self.me.cluster_id and other is not None and asn == self.local_as
+                      and other.cluster_id != self.me.cluster_id)
+        self.by_addr[address] = PeerConfig(address=address, peer_as=asn,
+                                           hold_time=hold or self.g.hold_time,
+                                           md5_password=password, description=description,
+                                           route_reflector_client=client)
+
+    def add_peer(self, p: BgpPeer, secrets: Mapping[str, str]) -> None:
+        """One BGPPeer record: peer back if its peer selector picks this node, then peer
+        with what it names if its node (selector) picks this node."""
+        me = self.me
+        if p.node:
+            selected = p.node == self.node
+        else:
+            selected = parse_selector(p.node_selector).matches(me.labels)
+        if p.peer_selector and parse_selector(p.peer_selector).matches(me.labels):
+            # the other side of a node-to-node peering (as Calico): peer back with
+            # the nodes the record selects, e.g. a route reflector with its clients
+            password = secrets.get(p.password_secret) if p.password_secret else None
+            if password or not p.password_secret:
+                picks = (lambda o: o.name == p.node) if p.node else \
+                    (lambda o: parse_selector(p.node_selector).matches(o.labels))
+                for other in self.others(picks):
+                    if other.address not in self.by_addr:   # an address chosen already stays
+                        self.add(other.address, self.node_as(other), p.hold_time, password,
+                                 f"peer {p.name} ({other.name})")
+        if not selected:
+            return
+        password = None
+        if p.password_secret:
+            password = secrets.get(p.password_secret)
+            if password is None:
+                self.problems.append(f"BGP peer {p.name}: secret {p.password_secret} not found; "
+                                     "peer left out")
+                return
+        if p.peer_ip:
+            self.add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}")
+            return
+        sel = parse_selector(p.peer_selector)
+        for other in self.others(lambda o: sel.matches(o.labels)):
+            self.add(other.address, self.node_as(other), p.hold_time, password,
+                     f"peer {p.name} ({other.name})")
 
 
 def secrets_from(items: Mapping[str, Mapping]) -> dict[str, str]:

@@ -8,8 +8,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator
 
-ENCAPSULATIONS = ("none", "ipip", "vxlan")
-ENCAP_MODES = ("Never", "Always", "CrossSubnet")
+from bgp.encap import ENCAPSULATIONS, MODES as ENCAP_MODES  # one table of encapsulations
 
 
 class IpamError(Exception):
@@ -114,7 +113,7 @@ class Block:
 
 
 def handle_id(container_id: str, ifname: str) -> str:
-    """The handle that records one attachment: containerID/ifname, as DESIGN.md says."""
+    """The handle that records one attachment: containerID/ifname, the pair CNI identifies it by."""
     return f"{container_id}/{ifname}"
 
 

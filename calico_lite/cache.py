@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
+from bgp.process import Backoff
 from calico_lite import keys
 from calico_lite.datastore import Change, Datastore, DatastoreUnavailable
 
@@ -93,7 +93,8 @@ class Cache:
             self._generation_of[cat] = self._generation
         self._cond.notify_all()
 
-    def _apply(self, changes: list[Change] | None) -> None:
+    def apply_changes(self, changes: list[Change] | None) -> None:
+        """The watch callback: take a batch of changes (None: the watch broke, resync)."""
         if changes is None:
             self._resync.set()
             return
@@ -110,6 +111,7 @@ class Cache:
             self._bump([c.key for c in relevant])
 
     def _sync_loop(self) -> None:
+        retry = Backoff(1.0)   # a lost etcd is asked again every second
         while not self._stop.is_set():
             self._resync.wait(timeout=30)
             if self._stop.is_set():
@@ -124,8 +126,8 @@ class Cache:
                     self.revision = max(self.revision, rev)
                     self._bump()
                 self._resync.clear()
-                self._watch_id = self.ds.watch(self.prefix, self._apply, start_revision=rev + 1)
+                self._watch_id = self.ds.watch(self.prefix, self.apply_changes, start_revision=rev + 1)
                 self.synced.set()
             except DatastoreUnavailable as e:
                 log.warning("datastore resync failed, retrying: %s", e)
-                time.sleep(1)
+                retry.wait()

@@ -16,8 +16,6 @@ from calico_lite.ipam import Ipam, PoolExhausted
 from plugin.cni import Workload
 from plugin.errors import CniError, IO_FAILURE, NO_ADDRESS, TRY_AGAIN_LATER
 
-ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
-
 
 @contextmanager
 def datastore_errors(what: str) -> Iterator[None]:

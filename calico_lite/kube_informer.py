@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch import Watch
 from urllib3.exceptions import HTTPError
 
+from bgp.process import Backoff
 from calico_lite import keys
 from calico_lite.datastore import Datastore, DatastoreUnavailable
 
@@ -61,21 +61,6 @@ def reconcile_plan(current: dict[str, dict], listed: dict[str, dict]) -> tuple[d
     return puts, deletes
 
 
-class Backoff:
-    """Exponential with jitter, as client-go's (0.5 s doubling to a cap)."""
-
-    def __init__(self, first: float = 0.5, cap: float = 10.0):
-        self.first, self.cap, self.failures = first, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * 2 ** self.failures)
-        self.failures += 1
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 class Informer:
     def __init__(self, kind: Kind, list_fn: Callable, ds: Datastore, stop: threading.Event,
                  resync_seconds: float):
@@ -88,7 +73,7 @@ class Informer:
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
-        backoff, need_list = Backoff(), True
+        backoff, need_list = Backoff(0.5, cap=10.0), True
         while not self.stop.is_set():
             try:
                 if need_list:

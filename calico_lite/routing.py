@@ -1,7 +1,10 @@
 """The routing controller: the node's blocks out to BGP, learned blocks into the kernel.
 
 It composes bgp.Speaker (ExaBGP) and bgp.routes (the pure plan and the route applier) with
-the datastore cache; the speaker and the applier know nothing of etcd.
+the datastore cache; the speaker and the applier know nothing of etcd. Each sync reads its
+inputs as frozen values (RoutingInputs), computes a frozen plan from them (plan_routes),
+then applies it; every route or tunnel that could not be programmed is a Failure, published
+with its reason in the node's status record (`calico-lite node status`).
 """
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bgp.routes import RouteApplier, desired_routes
+from bgp.model import Failure, LearnedPath, Route
+from bgp.routes import RouteApplier, Skipped, desired_routes
 from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
 from calico_lite import keys
 from calico_lite.bgpconfig import (BgpGlobal, merge_nodes, node_speaker_config, peers_from,
                                    secrets_from)
 from calico_lite.cache import Cache
-from calico_lite.tunnels import TunnelState, TunnelSync
+from calico_lite.tunnels import TunnelInputs, TunnelState, TunnelSync
 
 log = logging.getLogger("calico-lite.routing")
 RESYNC_SECONDS = 5.0
@@ -33,6 +37,71 @@ def own_prefixes(affinities: dict[str, dict], handles: dict[str, dict], node: st
     borrowed = {f"{h['ip']}/32" for h in handles.values()
                 if h.get("node") == node and h.get("borrowed")}
     return blocks | borrowed
+
+
+@dataclass(frozen=True)
+class RoutingInputs:
+    """Everything one routing sync is computed from, as values: equal inputs, equal plan."""
+
+    own: frozenset[str]
+    learned: frozenset[tuple[str, frozenset[LearnedPath]]]
+    tunnels: TunnelInputs
+    synced: bool   # False while an adopted ExaBGP still replays what it learned
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """The kernel routes a sync wants, and the learned paths it leaves out (with why)."""
+
+    routes: tuple[Route, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+
+
+def plan_routes(inputs: RoutingInputs, tunnels: TunnelState, *, subnet: str, address: str,
+                local_as: int) -> RoutingPlan:
+    """The routes for inputs, given which encapsulations the tunnels could provide (pure)."""
+    plan = desired_routes(dict(inputs.learned), own_prefixes=inputs.own,
+                          local_subnets=[subnet], local_addresses=[address], local_as=local_as,
+                          pools=tunnels.pools, remotes=tunnels.remotes,
+                          supported_encaps=tunnels.supported)
+    return RoutingPlan(tuple(plan.routes), tuple(plan.skipped))
+
+
+def program_kernel(inputs: RoutingInputs, tunnels: TunnelSync, applier: RouteApplier, *,
+                   subnet: str, address: str, local_as: int
+                   ) -> tuple[TunnelState, RoutingPlan, list[Failure] | None]:
+    """Tunnels first (they decide which encapsulations a route may use), then the frozen
+    route plan, then the routes. Returns what the tunnels provided, the plan, and the routes
+    that failed (None when not applied: an adopted ExaBGP is still replaying its paths)."""
+    tun = tunnels.sync(inputs.tunnels)
+    plan = plan_routes(inputs, tun, subnet=subnet, address=address, local_as=local_as)
+    if not inputs.synced:
+        return tun, plan, None  # keep the kernel routes until ExaBGP has replayed
+    result = applier.apply(plan.routes)
+    for failure in result.failures:
+        log.warning("route apply: %s", failure)
+    return tun, plan, result.failures
+
+
+def route_status(own: frozenset[str] | set[str], plan: RoutingPlan, tunnels: TunnelState,
+                 failures: list[Failure]) -> dict:
+    """The routing half of a node's status record: blocks, routes, skipped paths, failures.
+
+    Every failure to program the kernel is a record under "failures" and a note (which
+    `node status` prints) naming what failed and why; the tunnels' failures already have
+    their note in tunnels.notes, the others (routes, tunnel setup) get one here.
+    """
+    # one line per prefix, next hop and reason, however many peers sent that path
+    skipped = list(dict.fromkeys(s for s in plan.skipped if s.prefix not in own))
+    return {"blocks": sorted(own),
+            "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": r.encap}
+                       for r in plan.routes],
+            "skipped": [{"prefix": s.prefix, "via": s.next_hop, "reason": s.reason}
+                        for s in skipped],
+            "failures": [{"what": f.what, "reason": f.reason}
+                         for f in tunnels.failures + failures],
+            "notes": tunnels.notes + [f"not programmed: {f}" for f in failures]
+            + [f"{s.prefix} via {s.next_hop} not installed: {s.reason}" for s in skipped]}
 
 
 @dataclass(frozen=True)
@@ -64,7 +133,13 @@ class RoutingController:
         self.on_exit = settings.on_exit   # the agent switches it to "stop" on SIGUSR2
         self.applier = RouteApplier()
         self.tunnels = TunnelSync(node, settings.local_address)
+        self.setup_failures: list[Failure] = []   # from the agent's tunnel setup at start
         self._tunnel_state = TunnelState()
+        self._route_failures: list[Failure] = []
+        self._published: dict | None = None
+        self._last_inputs: RoutingInputs | None = None
+        self._last_apply = 0.0
+        self._last_plan = RoutingPlan()
 
     def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
         """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
@@ -97,48 +172,43 @@ class RoutingController:
         return own_prefixes(self.cache.items(keys.AFFINITIES), self.cache.items(keys.HANDLES),
                             self.node)
 
-    def status(self, own: set[str], plan) -> dict:
-        """What `node status` shows: peers, own blocks, installed routes, skipped paths."""
-        # one line per prefix, next hop and reason, however many peers sent that path
-        skipped = list(dict.fromkeys(s for s in plan.skipped if s.prefix not in own))
+    def status(self, own: frozenset[str] | set[str], plan: RoutingPlan) -> dict:
+        """What `node status` shows: peers, own blocks, installed routes, skipped paths,
+        and every route or tunnel that could not be programmed, with its reason."""
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
-                "blocks": sorted(own),
-                "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": r.encap}
-                           for r in plan.routes],
-                "skipped": [{"prefix": s.prefix, "via": s.next_hop, "reason": s.reason}
-                            for s in skipped],
-                "notes": self._tunnel_state.notes
-                + [f"{s.prefix} via {s.next_hop} not installed: {s.reason}" for s in skipped]}
+                **route_status(own, plan, self._tunnel_state,
+                               self.setup_failures + self._route_failures)}
+
+    def read_inputs(self, own: frozenset[str]) -> RoutingInputs:
+        learned = self.speaker.learned()
+        return RoutingInputs(
+            own=own,
+            learned=frozenset((p, frozenset(ps)) for p, ps in learned.items()),
+            tunnels=TunnelInputs.from_records(self.cache.items(keys.POOLS),
+                                              self.cache.items(keys.NODES), self.node),
+            synced=self.speaker.synced())
 
     def sync_once(self) -> None:
+        """Read, plan, apply. The kernel is written only when an input changed, or at the
+        periodic resync: an ADD's handle wakes this loop, but seldom changes a route
+        (Felix's calc/dataplane split)."""
         self.apply_bgp_config()
-        own = self.own()
-        self.speaker.announce(own)
-        pools, nodes = self.cache.items(keys.POOLS), self.cache.items(keys.NODES)
-        learned = self.speaker.learned()
-        # the kernel is written only when an input changed, or at the periodic resync: an
-        # ADD's handle wakes this loop, but seldom changes a route (Felix's calc/dataplane split)
-        inputs = (frozenset(own), frozenset((p, frozenset(ps)) for p, ps in learned.items()),
-                  repr(sorted(pools.items())), repr(sorted(nodes.items())), self.speaker.synced())
+        own = frozenset(self.own())
+        self.speaker.announce(set(own))
+        inputs = self.read_inputs(own)
         if inputs == self._last_inputs and time.monotonic() - self._last_apply < RESYNC_SECONDS:
-            self.publish_status(own, self._last_plan)  # peer states may still have moved
+            self.publish_status(inputs.own, self._last_plan)  # peer states may still have moved
             return
-        tun = self._tunnel_state = self.tunnels.sync(pools, nodes)
-        plan = desired_routes(learned, own_prefixes=own,
-                              local_subnets=[self.settings.subnet],
-                              local_addresses=[self.settings.local_address],
-                              local_as=self.speaker.cfg.local_as,
-                              pools=tun.pools, remotes=tun.remotes,
-                              supported_encaps=tun.supported)
-        if not self.speaker.synced():
-            return  # an adopted ExaBGP is still replaying what it learned: keep kernel routes
-        result = self.applier.apply(plan.routes)
-        for err in result.errors:
-            log.warning("route apply: %s", err)
+        self._tunnel_state, plan, failed = program_kernel(
+            inputs, self.tunnels, self.applier, subnet=self.settings.subnet,
+            address=self.settings.local_address, local_as=self.speaker.cfg.local_as)
+        if failed is None:
+            return
+        self._route_failures = failed
         self._last_inputs, self._last_apply, self._last_plan = inputs, time.monotonic(), plan
-        self.publish_status(own, plan)
+        self.publish_status(inputs.own, plan)
 
-    def publish_status(self, own: set[str], plan) -> None:
+    def publish_status(self, own: frozenset[str], plan: RoutingPlan) -> None:
         status = self.status(own, plan)
         comparable = {k: v for k, v in status.items() if k != "peers"}
         comparable["peers"] = [(p["address"], p["state"], p["received"], p["sent"])
@@ -155,9 +225,6 @@ class RoutingController:
                 "exabgpPid": self.speaker.exabgp_pid, "problems": list(self.bgp_problems)}
 
     def run(self, stop: threading.Event) -> None:
-        self._published: dict | None = None
-        self._last_inputs: tuple | None = None
-        self._last_apply = 0.0
         self.apply_bgp_config()   # before start: an adopted ExaBGP is compared with it
         self.speaker.start()
         try:

@@ -13,11 +13,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from bgp.model import PoolEncap, RemoteNode
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bgp.model import Failure, PoolEncap, RemoteNode
 from bgp.tunnels import EncapUnavailable, IpipTunnel, VxlanTunnel
 from calico_lite import keys
-from calico_lite.blocks import Pool
-from calico_lite.datastore import Datastore
+from calico_lite.blocks import IpamError, Pool
+from calico_lite.datastore import Datastore, DatastoreUnavailable
 from calico_lite.ipam import Ipam
 
 log = logging.getLogger("calico-lite.tunnels")
@@ -41,8 +43,11 @@ def pool_encaps(pools: dict[str, dict]) -> list[PoolEncap]:
 
 def wanted_encaps(pools: dict[str, dict]) -> set[str]:
     """The encapsulations some enabled pool may use (mode other than Never)."""
-    return {p.encapsulation for p in pool_encaps(pools)
-            if p.encapsulation != "none" and p.mode != "Never"}
+    return encaps_in_use(pool_encaps(pools))
+
+
+def encaps_in_use(pools: list[PoolEncap] | tuple[PoolEncap, ...]) -> set[str]:
+    return {p.encapsulation for p in pools if p.encapsulation != "none" and p.mode != "Never"}
 
 
 def remote_nodes(nodes: dict[str, dict], me: str) -> dict[str, RemoteNode]:
@@ -55,14 +60,43 @@ def remote_nodes(nodes: dict[str, dict], me: str) -> dict[str, RemoteNode]:
     return out
 
 
+@dataclass(frozen=True)
+class TunnelInputs:
+    """What the tunnel devices are computed from, as values (equal inputs, same devices)."""
+
+    pools: tuple[PoolEncap, ...] = ()
+    any_pool: bool = False      # no pool record at all: the cache has not synced yet
+    remotes: tuple[RemoteNode, ...] = ()
+    vxlan_address: str = ""
+    vxlan_mac: str = ""
+    ipip_address: str = ""
+
+    @classmethod
+    def from_records(cls, pools: dict[str, dict], nodes: dict[str, dict], me: str) -> "TunnelInputs":
+        mine = nodes.get(keys.node(me)) or {}
+        return cls(tuple(pool_encaps(dict(sorted(pools.items())))), bool(pools),
+                   tuple(r for _, r in sorted(remote_nodes(nodes, me).items())),
+                   mine.get(VXLAN_ADDRESS, ""), mine.get(VXLAN_MAC, ""), mine.get(IPIP_ADDRESS, ""))
+
+    @property
+    def wanted(self) -> set[str]:
+        return encaps_in_use(self.pools)
+
+
 def tunnel_handle(node: str, encap: str) -> str:
     """The IPAM handle of a node's tunnel address (like Calico's vxlan-tunnel-addr-NODE)."""
     return f"{encap}-tunnel-addr-{node}"
 
 
 # --- on agent start ----------------------------------------------------------------------
-def setup_node_tunnels(ds: Datastore, ipam: Ipam, node: str, address: str) -> dict:
-    """Tunnel addresses and devices for this node; returns the fields for its node record.
+# what a tunnel setup may fail with; the agent still serves pods and plain routes without it
+SETUP_ERRORS = (NetlinkError, OSError, IpamError, DatastoreUnavailable)  # PoolExhausted is an IpamError
+
+
+def setup_node_tunnels(ds: Datastore, ipam: Ipam, node: str,
+                       address: str) -> tuple[dict, list[Failure]]:
+    """Tunnel addresses and devices for this node: the fields for its node record, and
+    what could not be set up (for `node status`).
 
     A tunnel address stays assigned across restarts (same handle), and the VTEP MAC is
     reused from the record, so a restarted agent publishes exactly what it did before.
@@ -71,6 +105,7 @@ def setup_node_tunnels(ds: Datastore, ipam: Ipam, node: str, address: str) -> di
     old = ds.get(keys.node(node))
     previous = old.value if old else {}
     fields: dict = {}
+    failures: list[Failure] = []
     encaps = wanted_encaps(pools)
     if "vxlan" in encaps:
         try:
@@ -78,22 +113,24 @@ def setup_node_tunnels(ds: Datastore, ipam: Ipam, node: str, address: str) -> di
             mac = VxlanTunnel().ensure(address, ip, previous.get(VXLAN_MAC) or None)
             fields.update({VXLAN_ADDRESS: ip, VXLAN_MAC: mac})
             log.info(json.dumps({"event": "vxlan-tunnel", "address": ip, "mac": mac}))
-        except Exception as e:  # the agent still serves pods and plain routes without it
+        except SETUP_ERRORS as e:
+            failures.append(Failure("vxlan.calico setup", str(e)))
             log.error(json.dumps({"event": "vxlan-setup-failed", "error": str(e)}))
     if "ipip" in encaps:
         ipip = IpipTunnel()
         if not ipip.available():
             log.warning(json.dumps({"event": "ipip-unavailable", "reason":
                                     "IPIP unavailable: this kernel has no ipip support"}))
-            return fields
+            return fields, failures
         try:
             ip = ipam.assign(tunnel_handle(node, "ipip"), {"tunnel": "ipip"}).ip
             ipip.ensure(ip)
             fields[IPIP_ADDRESS] = ip
             log.info(json.dumps({"event": "ipip-tunnel", "address": ip}))
-        except Exception as e:
+        except SETUP_ERRORS as e:
+            failures.append(Failure("tunl0 setup", str(e)))
             log.error(json.dumps({"event": "ipip-setup-failed", "error": str(e)}))
-    return fields
+    return fields, failures
 
 
 # --- every routing sync ------------------------------------------------------------------
@@ -105,6 +142,7 @@ class TunnelState:
     remotes: dict[str, RemoteNode] = field(default_factory=dict)
     supported: set[str] = field(default_factory=lambda: {"none"})
     notes: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
 
 
 class TunnelSync:
@@ -117,30 +155,22 @@ class TunnelSync:
         self.ipip = IpipTunnel()
         self._logged: set[str] = set()
 
-    def sync(self, pools: dict[str, dict], nodes: dict[str, dict]) -> TunnelState:
-        state = TunnelState(pools=pool_encaps(pools), remotes=remote_nodes(nodes, self.node))
-        encaps = wanted_encaps(pools)
-        me = nodes.get(keys.node(self.node)) or {}
+    def sync(self, inputs: TunnelInputs) -> TunnelState:
+        """Make the devices match inputs; what failed goes to notes (as before) and failures."""
+        state = TunnelState(pools=list(inputs.pools),
+                            remotes={r.address: r for r in inputs.remotes})
+        encaps = inputs.wanted
         if "vxlan" in encaps:
-            if me.get(VXLAN_ADDRESS) and me.get(VXLAN_MAC):
-                self.vxlan.ensure(self.address, me[VXLAN_ADDRESS], me[VXLAN_MAC])
-                result = self.vxlan.sync_peers(state.remotes.values())
-                state.notes += [f"vxlan: {e}" for e in result.errors]
-                if result.changed:
-                    log.info(json.dumps({"event": "vxlan-peers", "added": result.added,
-                                         "removed": result.removed}))
-                state.supported.add("vxlan")
-            else:
-                state.notes.append("VXLAN pool but no VXLAN tunnel address published for this "
-                                   "node (restart the agent to allocate one)")
-        elif pools and self.vxlan.mac() is not None:  # no pools at all: not synced yet, keep
+            self._sync_vxlan(inputs, state)
+        elif inputs.any_pool and self.vxlan.mac() is not None:  # no pools: not synced yet, keep
             self.vxlan.remove()
             log.info(json.dumps({"event": "vxlan-removed", "reason": "no pool uses vxlan"}))
         if "ipip" in encaps:
             try:
-                self.ipip.ensure(me.get(IPIP_ADDRESS))
+                self.ipip.ensure(inputs.ipip_address or None)
                 state.supported.add("ipip")
             except EncapUnavailable as e:
+                state.failures.append(Failure(self.ipip.device, str(e)))
                 state.notes.append(f"{e} (a pool asks for ipip; cross-subnet routes of that "
                                    f"pool are not installed)")
         for note in state.notes:
@@ -148,3 +178,23 @@ class TunnelSync:
                 log.warning(json.dumps({"event": "tunnel-note", "note": note}))
                 self._logged.add(note)
         return state
+
+    def _sync_vxlan(self, inputs: TunnelInputs, state: TunnelState) -> None:
+        if not (inputs.vxlan_address and inputs.vxlan_mac):
+            state.notes.append("VXLAN pool but no VXLAN tunnel address published for this "
+                               "node (restart the agent to allocate one)")
+            return
+        try:
+            self.vxlan.ensure(self.address, inputs.vxlan_address, inputs.vxlan_mac)
+        except (NetlinkError, OSError) as e:
+            failure = Failure(self.vxlan.device, str(e))
+            state.failures.append(failure)
+            state.notes.append(f"vxlan: {failure}")
+            return
+        result = self.vxlan.sync_peers(inputs.remotes)
+        state.notes += [f"vxlan: {e}" for e in result.errors]
+        state.failures += [Failure(self.vxlan.device, e) for e in result.errors]
+        if result.changed:
+            log.info(json.dumps({"event": "vxlan-peers", "added": result.added,
+                                 "removed": result.removed}))
+        state.supported.add("vxlan")

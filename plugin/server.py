@@ -73,12 +73,7 @@ class CniServer:
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
-        try:
-            s.bind(str(self.path))
-        finally:
-            os.umask(old)
+        s = bind_unix(self.path, 0o077)
         os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
         s.listen(128)
         self._sock = s
@@ -118,7 +113,20 @@ class CniServer:
         write_call_log(fields)
 
 
+def bind_unix(path: Path, umask: int) -> socket.socket:
+    """A unix stream socket bound at path, created under umask: the socket file never
+    exists, even for a moment, with wider permissions than the umask allows."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(umask)
+    try:
+        s.bind(str(path))
+    finally:
+        os.umask(old)
+    return s
+
+
 def peer_pid(conn: socket.socket) -> int:
+    """The PID of the process at the other end of a unix socket (SO_PEERCRED)."""
     pid, _uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     return pid

@@ -28,7 +28,7 @@ from .model import (
     NetworkPolicyRule, Pod,
 )
 from .ruleset import Chain, NftSet, Rule, Ruleset, VerdictMap, quote, render_nft, render_update  # noqa: F401
-from .selectors import selector_matches
+from .label_selector import selector_matches
 
 INGRESS_MAP = "ingress_dispatch"
 EGRESS_MAP = "egress_dispatch"

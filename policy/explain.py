@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from policy.model import (EGRESS, INGRESS, Namespace, NetworkPolicy, NetworkPolicyPeer,
                           NetworkPolicyPort, Pod)
-from policy.selectors import format_selector, selector_matches
+from policy.label_selector import format_selector, selector_matches
 
 
 def selects(policy: NetworkPolicy, pod: Pod) -> bool:

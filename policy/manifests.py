@@ -17,7 +17,7 @@ from .model import (
     EGRESS, INGRESS, PROTOCOLS, IPBlock, LabelSelector, LabelSelectorRequirement, NetworkPolicy,
     NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicyRule, infer_policy_types,
 )
-from .selectors import OPERATORS
+from .label_selector import OPERATORS
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"

@@ -5,8 +5,6 @@ and the text the applier sends is exactly what an operator sees in `nft list tab
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 
 FAMILY = "inet"
@@ -86,10 +84,6 @@ class Ruleset:
                 "sets": len(self.sets),
                 "set_elements": sum(len(s.elements) for s in self.sets.values()),
                 "map_elements": sum(len(m.elements) for m in self.maps.values())}
-
-    def to_json(self) -> str:
-        """A JSON dump of the plain structure (for `policy show`-style debugging)."""
-        return json.dumps(dataclasses.asdict(self), default=sorted, indent=1)
 
     @property
     def ref(self) -> str:
@@ -212,6 +206,7 @@ def render_update(old: Ruleset, new: Ruleset) -> tuple[str | None, str]:
     new sets); add elements to kept sets and dispatch entries (which jump to the new chains); flush
     and delete chains nothing jumps to any more; last, delete sets no rule names any more (every
     rule that named one sat in a chain flushed above, since a rule's text carries the set's name).
+    It is one function so that this order reads top to bottom as the transaction runs.
     """
     reason = _is_structural(old, new)
     if reason:

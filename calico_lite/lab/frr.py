@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from calico_lite.lab.plumbing import kill_pids, pid_alive
+from bgp.process import kill_pids, pid_alive
 
 FRR_LIB = Path("/usr/lib/frr")
 DAEMONS = ("zebra", "bgpd")
@@ -48,7 +48,8 @@ def render_frr_config(
     peer_group: str = "NODES",
     extra: str = "",
 ) -> str:
-    """Render an frr.conf for one eBGP/iBGP router.
+    """Render an frr.conf for one eBGP/iBGP router. One function because it is a template:
+    the lines appear in the order frr.conf has them, so it reads like the file it writes.
 
     `ip forwarding` is zebra's (it sets the netns sysctl; bgpd logs it as unknown).
     Dynamic neighbours: FRR silently drops `bgp listen range … peer-group G` unless the

@@ -39,8 +39,6 @@ class NodePlan:
     subnet: str
     gateway: str
     asn: int
-    peers: tuple[tuple[str, int], ...]
-    listen: bool
 
 
 @dataclass(frozen=True)
@@ -116,13 +114,7 @@ def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: s
                  for k in range(1, nodes_per_rack + 1)]
     nodes = []
     for i, (r, k, addr) in enumerate(addresses, start=1):
-        if bgp == "tor":
-            asn = NODE_AS_BASE + i
-            peers: tuple[tuple[str, int], ...] = ((f"10.99.{r}.1", SPINE_AS + r),)
-        else:
-            asn = MESH_AS
-            peers = tuple((a, MESH_AS) for (_, _, a) in addresses if a != addr)
+        asn = NODE_AS_BASE + i if bgp == "tor" else MESH_AS
         nodes.append(NodePlan(name=f"r{r}n{k}", rack=r, netns=f"{name}-r{r}n{k}", address=addr,
-                              subnet=f"10.99.{r}.0/24", gateway=f"10.99.{r}.1", asn=asn,
-                              peers=peers, listen=(bgp == "mesh")))
+                              subnet=f"10.99.{r}.0/24", gateway=f"10.99.{r}.1", asn=asn))
     return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap)

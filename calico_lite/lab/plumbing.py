@@ -6,10 +6,10 @@ machine's own namespace by accident, whatever namespace this process happens to 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
+
+from bgp.process import kill_pids, pid_alive  # noqa: F401 (their home; the lab imports them here)
 
 
 class PlumbingError(RuntimeError):
@@ -52,35 +52,6 @@ def veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
 def netns_pids(name: str) -> list[int]:
     p = run("ip", "netns", "pids", name, check=False)
     return [int(x) for x in p.stdout.split()]
-
-
-def kill_pids(pids: list[int], grace: float = 2.0) -> None:
-    """SIGTERM, wait up to grace seconds, then SIGKILL what is left (never this process)."""
-    alive = []
-    for pid in set(pids) - {os.getpid()}:
-        try:
-            os.kill(pid, signal.SIGTERM)
-            alive.append(pid)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if pid_alive(p)]
-        time.sleep(0.05)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def pid_alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie (a reaped-late child of ours counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def delete_netns(name: str) -> None:

@@ -7,7 +7,7 @@ from bgp.config import PeerConfig
 from calico_lite import keys
 from calico_lite.bgpconfig import (BgpGlobal, BgpPeer, NodeBgp, merge_nodes, node_speaker_config,
                                    peers_from)
-from calico_lite.selector import SelectorError, parse_selector
+from calico_lite.peer_selector import SelectorError, parse_selector
 
 
 @pytest.mark.parametrize("text,labels,want", [

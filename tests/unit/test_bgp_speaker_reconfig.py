@@ -3,8 +3,7 @@ and route reflection, driven with real ExaBGP lines and no process (as test_bgp_
 import socket
 
 from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
-from tests.unit.test_bgp_messages import ANNOUNCE, DOWN, EOR, UP
-from tests.unit.test_bgp_speaker_state import feed, sent
+from tests.exabgp_lines import ANNOUNCE, DOWN, EOR, UP, feed, sent
 
 
 def make(tmp_path, cfg):

@@ -6,7 +6,7 @@ import pytest
 
 from bgp.model import LearnedPath
 from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
-from tests.unit.test_bgp_messages import ANNOUNCE, DOWN, UP, WITHDRAW
+from tests.exabgp_lines import ANNOUNCE, DOWN, UP, WITHDRAW, feed, sent
 
 
 @pytest.fixture
@@ -21,21 +21,6 @@ def speaker(tmp_path):
     yield sp, theirs, calls
     ours.close()
     theirs.close()
-
-
-def feed(sp, line):
-    with sp._lock:
-        return sp._handle(line)
-
-
-def sent(conn) -> list[str]:
-    conn.setblocking(False)
-    try:
-        data = conn.recv(65536)
-    except BlockingIOError:
-        data = b""
-    conn.setblocking(True)
-    return data.decode().splitlines()
 
 
 def test_announce_is_diffed_and_idempotent(speaker):

