@@ -73,7 +73,7 @@ def test_kubeconfig_credentials(tmp_path):
 
 
 def test_backoff_doubles_to_a_cap_and_resets():
-    from calico_lite.kube_informer import Backoff
+    from bgp.process import Backoff
     b = Backoff(first=1.0, cap=4.0)
     delays = [b.next() for _ in range(5)]
     assert all(0.8 * base <= d <= 1.2 * base for d, base in zip(delays, [1, 2, 4, 4, 4])), delays
