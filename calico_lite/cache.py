@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from calico_lite import keys
 from calico_lite.datastore import Change, Datastore, DatastoreUnavailable
@@ -38,6 +38,7 @@ class Cache:
         self._stop = threading.Event()
         self._watch_id: int | None = None
         self.synced = threading.Event()
+        self.beat: Callable[[], None] = lambda: None   # liveness: the sync loop went round
 
     def start(self) -> None:
         self._resync.set()
@@ -112,6 +113,7 @@ class Cache:
     def _sync_loop(self) -> None:
         while not self._stop.is_set():
             self._resync.wait(timeout=30)
+            self.beat()
             if self._stop.is_set():
                 return
             try:
@@ -128,4 +130,5 @@ class Cache:
                 self.synced.set()
             except DatastoreUnavailable as e:
                 log.warning("datastore resync failed, retrying: %s", e)
+                self.ds.on_retry("watch-resync")
                 time.sleep(1)

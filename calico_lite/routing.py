@@ -65,6 +65,8 @@ class RoutingController:
         self.applier = RouteApplier()
         self.tunnels = TunnelSync(node, settings.local_address)
         self._tunnel_state = TunnelState()
+        self.beat: Callable[[], None] = lambda: None          # liveness (agent_health)
+        self.on_apply: Callable[[object], None] = lambda result: None   # metrics
 
     def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
         """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
@@ -133,6 +135,7 @@ class RoutingController:
         if not self.speaker.synced():
             return  # an adopted ExaBGP is still replaying what it learned: keep kernel routes
         result = self.applier.apply(plan.routes)
+        self.on_apply(result)
         for err in result.errors:
             log.warning("route apply: %s", err)
         self._last_inputs, self._last_apply, self._last_plan = inputs, time.monotonic(), plan
@@ -162,6 +165,7 @@ class RoutingController:
         self.speaker.start()
         try:
             while not stop.is_set():
+                self.beat()
                 gen = self.cache.generation_of(INPUTS)
                 self._wake.clear()
                 self.sync_once()
