@@ -80,4 +80,4 @@ def instrument(agent: "NodeAgent", metrics: AgentMetrics, beats: Heartbeats) -> 
     metrics.registry.register(NodeStateCollector(
         usage=lambda: ipam_usage(agent.cache.items(keys.AFFINITIES),
                                  agent.cache.items(keys.HANDLES), node),
-        peers=agent.routing.speaker.peers))
+        peers=lambda: agent.routing.speaker.peers()))

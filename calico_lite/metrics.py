@@ -41,9 +41,10 @@ class AgentMetrics:
         self.route_syncs = Counter(PREFIX + "route_syncs", "Kernel route applies", registry=r)
         self.route_errors = Counter(PREFIX + "route_programming_errors",
                                     "Routes the kernel refused to add, replace or delete", registry=r)
-        self.policy_seconds = Histogram(PREFIX + "policy_sync_seconds",
-                                        "Policy compile plus nftables apply, by mode (sync: full, update: incremental, noop)",
-                                        ["mode"], buckets=POLICY_BUCKETS, registry=r)
+        self.policy_seconds = Histogram(
+            PREFIX + "policy_sync_seconds",
+            "Policy compile plus nftables apply, by mode (sync: full, update: incremental, noop)",
+            ["mode"], buckets=POLICY_BUCKETS, registry=r)
         self.policy_errors = Counter(PREFIX + "policy_sync_errors",
                                      "Policy syncs not applied (the previous rules stayed)", registry=r)
         self.policy_count = Gauge(PREFIX + "policy_policies", "NetworkPolicies compiled", registry=r)
