@@ -111,8 +111,11 @@ def test_cni_counters_move_by_exactly_what_was_done(node, pod_netns):
         value(before, "calico_lite_cni_requests_total", verb="ADD", result="ok") + PODS)
 
 
-def test_readiness_names_the_datastore_while_etcd_is_stopped(node):
+def test_readiness_names_the_datastore_while_etcd_is_stopped(node, pod_netns):
     wait_for(lambda: readyz(node.netns)["ready"], "node ready", timeout=60)
+    rt = CniRuntime(node.cni_bin_dir, node.conflist, exec_netns=node.netns)
+    plugin = rt.netconf["plugins"][0]
+    before = scrape(node.netns)
     pid = etcd_pid(node.lab)
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -121,7 +124,18 @@ def test_readiness_names_the_datastore_while_etcd_is_stopped(node):
         assert r["checks"]["datastore"].endswith("unreachable (no answer in 2s)"), r
         assert r["checks"]["cni"] == "ok"
         assert get_in_netns(node.netns, "/healthz")[0] == 200   # alive, only not ready
+        # an ADD now fails (try again later) and the etcd failure is counted
+        out = rt.exec_plugin(plugin, "ADD", uuid.uuid4().hex, pod_netns[0], "IgnoreUnknown=1",
+                             rt.plugin_config(plugin, None, {}))
+        assert out.code != 0 and '"code": 11' in out.stdout, out
+        during = scrape(node.netns)
     finally:
         os.kill(pid, signal.SIGCONT)
     r = wait_for(lambda: (r := readyz(node.netns))["ready"] and r, "ready again", timeout=60)
     assert r["checks"]["datastore"] == "ok"
+    assert (value(during, "calico_lite_cni_requests_total", verb="ADD", result="error")
+            - value(before, "calico_lite_cni_requests_total", verb="ADD", result="error")) == 1
+
+    def etcd_errors(m: dict) -> float:
+        return sum(v for (name, _), v in m.items() if name == "calico_lite_etcd_errors_total")
+    assert etcd_errors(during) > etcd_errors(before)
