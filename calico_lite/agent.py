@@ -23,11 +23,15 @@ from pyroute2 import IPRoute
 from bgp.encap import OVERHEAD
 from bgp.process import Backoff
 from calico_lite import keys
+from calico_lite.agent_health import PROBE_TIMEOUT, agent_checks, instrument
 from calico_lite.blocks import Pool
 from calico_lite.cache import Cache
 from calico_lite.cni_backend import DatastoreBackend
 from calico_lite.datastore import Datastore, DatastoreUnavailable
+from calico_lite.health import (DEFAULT_LISTEN, DEFAULT_LIVENESS_TIMEOUT, HealthServer,
+                                Heartbeats, parse_listen, serve_health)
 from calico_lite.ipam import ensure_pool
+from calico_lite.metrics import AgentMetrics
 from calico_lite.policy_sync import PolicyController
 from calico_lite.routing import BgpSettings, RoutingController
 from calico_lite.tunnels import setup_node_tunnels
@@ -52,6 +56,8 @@ class AgentConfig:
     rack: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     block_release_grace: float = 300.0
+    health_listen: str = DEFAULT_LISTEN   # HOST:PORT of /healthz, /readyz, /metrics; "off"
+    liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
 
 
 class NetlinkPool:
@@ -90,6 +96,7 @@ def wait_for_datastore(ds: Datastore, stop: threading.Event) -> None:
     while not stop.is_set():
         if ds.healthy():
             return
+        ds.on_retry("startup")
         log.info(json.dumps({"event": "datastore-wait", "etcd": ds.describe}))
         backoff.wait(stop)
 
@@ -107,12 +114,32 @@ class NodeAgent:
             self.cache, cfg.node, cfg.bgp, cfg.run_dir / "bgp",
             publish=lambda status: self.ds.put(keys.status(cfg.node), status))
         self.policy = PolicyController(
-            self.cache, cfg.node, [cfg.address],
-            publish=lambda status: self.ds.put(keys.policy_status(cfg.node), status))
+            self.cache, cfg.node, [cfg.address], publish=self.publish_policy_status)
+        self.policy_status: dict | None = None   # the last sync's outcome (readiness)
         self.netlink: NetlinkPool | None = None
         self.server: CniServer | None = None
         self.threads: list[threading.Thread] = []
         self.tunnel_fields: dict = {}
+        self.metrics = AgentMetrics()
+        self.beats = Heartbeats(cfg.liveness_timeout)
+        instrument(self, self.metrics, self.beats)
+        self.health: HealthServer | None = None
+
+    def publish_policy_status(self, status: dict) -> None:
+        """Kept for readiness and counted before the write: etcd may be the thing that is down."""
+        self.policy_status = status
+        self.metrics.policy_synced(status)
+        self.ds.put(keys.policy_status(self.cfg.node), status)
+
+    def serve_health(self) -> None:
+        """/healthz, /readyz and /metrics, up before anything else so that a probe of an
+        agent still waiting for etcd gets an answer (not ready: datastore)."""
+        addr = parse_listen(self.cfg.health_listen)
+        if addr is None:
+            return
+        probe = Datastore(self.cfg.etcd_endpoints, timeout=PROBE_TIMEOUT)
+        self.health = serve_health(addr, self.metrics.registry, agent_checks(self, probe),
+                                   self.beats)
 
     def register(self) -> None:
         self.ds.put(keys.node(self.cfg.node), {
@@ -137,6 +164,7 @@ class NodeAgent:
             return cni.run(req, cni.Context(self.backend, ipr))
 
     def start(self) -> None:
+        self.serve_health()
         wait_for_datastore(self.ds, self.stop_event)
         if self.stop_event.is_set():
             return
@@ -150,7 +178,9 @@ class NodeAgent:
         self.cache.synced.wait(10)
         write_sysctl("net/ipv4/ip_forward", "1")
         self.netlink = NetlinkPool(NETLINK_POOL)
-        self.server = CniServer(self.cfg.cni_socket, self.handle_cni)
+        self.server = CniServer(self.cfg.cni_socket, self.handle_cni,
+                                observe=self.metrics.cni_call,
+                                beat=lambda: self.beats.beat("cni-server"))
         self.server.start()
         self._spawn("routing", self.routing.run)
         self._spawn("policy", self.policy.run)
@@ -171,6 +201,7 @@ class NodeAgent:
                     loop(self.stop_event)
                 except DatastoreUnavailable as e:
                     log.warning("%s: datastore unavailable, retrying: %s", name, e)
+                    self.ds.on_retry(f"{name}-loop")
                 except Exception:
                     log.exception("%s loop failed; restarting it", name)
                 self.stop_event.wait(1)
@@ -188,6 +219,8 @@ class NodeAgent:
         self.cache.stop()
         if self.netlink:
             self.netlink.close()
+        if self.health:
+            self.health.close()
 
     def leave(self) -> None:
         """Stop for good (SIGUSR2): withdraw the node's routes and stop ExaBGP, whatever

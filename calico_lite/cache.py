@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from bgp.process import Backoff
 from calico_lite import keys
@@ -38,6 +38,7 @@ class Cache:
         self._stop = threading.Event()
         self._watch_id: int | None = None
         self.synced = threading.Event()
+        self.beat: Callable[[], None] = lambda: None   # liveness: the sync loop went round
 
     def start(self) -> None:
         self._resync.set()
@@ -114,6 +115,7 @@ class Cache:
         retry = Backoff(1.0)   # a lost etcd is asked again every second
         while not self._stop.is_set():
             self._resync.wait(timeout=30)
+            self.beat()
             if self._stop.is_set():
                 return
             try:
@@ -130,4 +132,5 @@ class Cache:
                 self.synced.set()
             except DatastoreUnavailable as e:
                 log.warning("datastore resync failed, retrying: %s", e)
+                self.ds.on_retry("watch-resync")
                 retry.wait()

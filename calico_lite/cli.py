@@ -56,6 +56,7 @@ def cmd_node_run(args) -> int:
         cni_socket=Path(args.cni_socket), run_dir=Path(args.run_dir), address=args.address,
         subnet=args.subnet, rack=args.rack, labels=labels,
         block_release_grace=args.block_release_grace,
+        health_listen=args.health_listen, liveness_timeout=args.liveness_timeout,
         bgp=BgpSettings(router_id=args.router_id or args.address, local_address=args.address,
                         local_as=args.asn, subnet=args.subnet, peers=tuple(peers),
                         listen=args.bgp_listen, hold_time=args.hold_time,
@@ -412,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label", action="append", default=[])
     run.add_argument("--block-release-grace", type=float, default=300.0,
                      help="seconds a block stays empty before the node gives it back")
+    run.add_argument("--health-listen", default="127.0.0.1:9099", metavar="HOST:PORT|off",
+                     help="node-local address of /healthz, /readyz and /metrics ('off': none)")
+    run.add_argument("--liveness-timeout", type=float, default=90.0, metavar="SECONDS",
+                     help="/healthz fails when a loop has not gone round for this long")
     run.set_defaults(fn=cmd_node_run)
     st = node.add_parser("status", help="BGP peers, blocks and routes of nodes")
     st.add_argument("node", nargs="?")

@@ -77,6 +77,9 @@ class Datastore:
                for e in self.endpoints]
         self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
                                                        failover=True)
+        # observers (the agent's metrics): a failed call by operation; a retry by reason
+        self.on_error: Callable[[str], None] = lambda operation: None
+        self.on_retry: Callable[[str], None] = lambda reason: None
 
     def close(self) -> None:
         self._client.close()
@@ -85,6 +88,7 @@ class Datastore:
         try:
             return fn(*args, **kw)
         except (pyetcd.Etcd3Exception, grpc.RpcError, ValueError) as e:
+            self.on_error(getattr(fn, "__name__", "call"))
             raise DatastoreUnavailable(f"{self.describe}: {type(e).__name__}: {e}") from None
 
     def healthy(self) -> bool:
@@ -101,7 +105,9 @@ class Datastore:
         return Entry(key, json.loads(value), meta.mod_revision)
 
     def list(self, prefix: str) -> list[Entry]:
-        rows = self._call(lambda: list(self._client.get_prefix(prefix)))
+        def get_prefix() -> list:
+            return list(self._client.get_prefix(prefix))
+        rows = self._call(get_prefix)
         return [Entry(m.key.decode(), json.loads(v), m.mod_revision) for v, m in rows]
 
     def put(self, key: str, value: Any) -> int:
@@ -131,6 +137,8 @@ class Datastore:
             else:
                 ops.append(t.delete(op[1]))
         ok, _ = self._call(self._client.transaction, compare=cmp, success=ops, failure=[])
+        if not ok:
+            self.on_retry("txn-conflict")   # a lost compare-and-swap: the caller retries or moves on
         return bool(ok)
 
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:

@@ -36,6 +36,7 @@ class PolicyController:
         self.publish = publish
         self.applier: RulesetApplier | None = None
         self._policy_view: str | None = None
+        self.beat: Callable[[], None] = lambda: None   # liveness (agent_health)
 
     def sync_once(self, generation: int) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
@@ -68,6 +69,7 @@ class PolicyController:
         self.cache.synced.wait()
         seen = -1
         while not stop.is_set():
+            self.beat()
             gen = self.cache.generation_of(INPUTS)
             if gen != seen:
                 time.sleep(SETTLE_SECONDS)

@@ -140,6 +140,8 @@ class RoutingController:
         self._last_inputs: RoutingInputs | None = None
         self._last_apply = 0.0
         self._last_plan = RoutingPlan()
+        self.beat: Callable[[], None] = lambda: None          # liveness (agent_health)
+        self.on_apply: Callable[[list[Failure]], None] = lambda failures: None   # metrics
 
     def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
         """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
@@ -205,6 +207,7 @@ class RoutingController:
         if failed is None:
             return
         self._route_failures = failed
+        self.on_apply(failed)
         self._last_inputs, self._last_apply, self._last_plan = inputs, time.monotonic(), plan
         self.publish_status(inputs.own, plan)
 
@@ -229,6 +232,7 @@ class RoutingController:
         self.speaker.start()
         try:
             while not stop.is_set():
+                self.beat()
                 gen = self.cache.generation_of(INPUTS)
                 self._wake.clear()
                 self.sync_once()

@@ -27,6 +27,7 @@ INTERNAL_ERROR = 199
 log = logging.getLogger("calico-lite.cni")
 
 Handler = Callable[[Request], "dict | None"]
+BEAT_SECONDS = 5.0  # the accept loop wakes at least this often to show it is alive
 
 
 def serve_one(raw: bytes, handler: Handler, caller_pid: int = 0) -> tuple[int, str, dict]:
@@ -64,9 +65,12 @@ def serve_one(raw: bytes, handler: Handler, caller_pid: int = 0) -> tuple[int, s
 class CniServer:
     """Serves the shim on a root-only unix socket, one thread per call."""
 
-    def __init__(self, path: Path, handler: Handler):
+    def __init__(self, path: Path, handler: Handler, observe: Callable[[dict], None] | None = None,
+                 beat: Callable[[], None] | None = None):
         self.path = Path(path)
         self.handler = handler
+        self.observe = observe or (lambda fields: None)   # each call's log fields (metrics)
+        self.beat = beat or (lambda: None)                # liveness of the accept loop
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
 
@@ -76,6 +80,7 @@ class CniServer:
         s = bind_unix(self.path, 0o077)
         os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
         s.listen(128)
+        s.settimeout(BEAT_SECONDS)   # accepted connections are still blocking ones
         self._sock = s
         threading.Thread(target=self._accept_loop, name="cni-server", daemon=True).start()
 
@@ -90,8 +95,12 @@ class CniServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
+            except TimeoutError:
+                self.beat()
+                continue
             except OSError:
                 return
+            self.beat()
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -110,6 +119,7 @@ class CniServer:
             except OSError:
                 pass
         fields["ms"] = round((time.monotonic() - start) * 1000, 1)
+        self.observe(fields)
         write_call_log(fields)
 
 
