@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import generate_latest
 
-from bgp.routes import ApplyResult
+from bgp.model import Failure
 from calico_lite import keys
 from calico_lite.agent_health import bgp_reason, policy_reason, unix_listening
 from calico_lite.health import (Check, Heartbeats, liveness, parse_body, parse_listen, render,
@@ -115,8 +115,8 @@ def test_each_agent_has_its_own_registry():
 
 def test_route_policy_and_etcd_observers():
     m = AgentMetrics()
-    m.routes_applied(ApplyResult(added=["10.244.1.0/26"]))
-    m.routes_applied(ApplyResult(errors=["add 10.244.2.0/26: EINVAL", "delete x: ENOENT"]))
+    m.routes_applied([])
+    m.routes_applied([Failure("route 10.244.2.0/26", "EINVAL"), Failure("route x", "ENOENT")])
     m.policy_synced({"mode": "full", "compile_ms": 10.0, "nft_ms": 15.0, "policies": 2,
                      "local_pods": 3, "rules": 40, "chains": 7, "error": ""})
     m.policy_synced({"error": "nft refused it"})
