@@ -57,6 +57,12 @@ unit: build
 bench: build
 	$(PY) bench/cni.py
 
+# The container image deploy/calico-lite.yaml runs (calico-lite:<version>), built offline by
+# deploy/build-image.sh from a debootstrap'd bookworm base; base and image are cached in build/image
+.PHONY: image
+image: $(SHIM)
+	bash deploy/build-image.sh
+
 lab-down:
 	$(VENV)/bin/calico-lite lab down --name $(LAB)
 
