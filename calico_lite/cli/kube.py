@@ -1,0 +1,36 @@
+"""`calico-lite kube-sync` and `calico-lite install-cni`: what a Kubernetes cluster deploys
+(the one kube-sync mirror of the API server; each node's CNI install, the DaemonSet's init step)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from calico_lite.cli.common import Group, arg, datastore, log_to_stderr
+
+COMMANDS = Group()
+
+
+@COMMANDS.command("kube-sync", help="mirror Kubernetes namespaces, pods, policies into etcd",
+                  datastore=True)
+def cmd_kube_sync(args) -> int:  # pragma: no cover - needs a Kubernetes API server
+    from calico_lite.kube_sync import ApiClient, run
+    log_to_stderr()
+    run(datastore(args), ApiClient())
+    return 0
+
+
+@COMMANDS.command(
+    "install-cni",
+    arg("--bin-dir", default="/opt/cni/bin"),
+    arg("--conf-dir", default="/etc/cni/net.d"),
+    arg("--agent-socket", default="/var/run/calico-lite/cni.sock"),
+    arg("--mtu", type=int, default=0),
+    arg("--log-file", default="/var/log/calico-lite/cni.log"),
+    arg("--cni-version", default="1.0.0", choices=["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+        help="the conflist's cniVersion (1.0.0: what containerd 1.6 and podman 4 accept)"),
+    help="install the CNI shim and conflist")
+def cmd_install_cni(args) -> int:
+    from calico_lite.install import install_cni
+    binary, conf = install_cni(Path(args.bin_dir), Path(args.conf_dir), args.agent_socket,
+                               mtu=args.mtu, log_file=args.log_file, cni_version=args.cni_version)
+    print(f"installed {binary} and {conf}")
+    return 0
