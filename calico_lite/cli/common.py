@@ -51,6 +51,8 @@ DEFAULT_ETCD = "http://127.0.0.1:2379"
 
 @dataclass
 class Command:
+    """One subcommand: its handler and arguments; the parser it gets remembers its path (for
+    messages) and which global options it takes."""
     name: str
     fn: Handler
     help: str | None
