@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from calico_lite.cli import format_lab_status, format_probe
+from calico_lite.cli.lab import format_lab_status, format_probe
 from calico_lite.lab.lab import Lab
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from calico_lite import keys
 from calico_lite.datastore import Datastore
 from calico_lite.install import install_cni
+from calico_lite.health import readyz
 from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import control_plane as cp
 from calico_lite.lab import plumbing as pl
@@ -27,6 +28,7 @@ from calico_lite.lab.plan import (ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanE
 from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import StateStore
+from calico_lite.labels import apply_label_changes
 from plugin.netns import enter, setns
 
 READY_TIMEOUT = 90.0
@@ -509,10 +511,13 @@ class Lab:
         nodes = []
         for n in plan.nodes:
             s = ds.get(keys.status(n.name)) if etcd == "healthy" else None
+            ready = readyz(n.netns, timeout=2.0)
             paths = self.node_paths(n.name)
             nodes.append({
                 "name": n.name, "rack": f"rack{n.rack}", "address": n.address, "netns": n.netns,
                 "agent": running(f"agent:{n.name}"), "kubelet": running(f"kubelet:{n.name}"),
+                "ready": ready["ready"],
+                "unready": {k: v for k, v in ready["checks"].items() if v != "ok"},
                 "cni_bin_dir": str(paths.bin_dir), "cni_conf_dir": str(paths.conf_dir),
                 "bgp": [{"peer": p["address"], "state": p["state"]}
                         for p in (s.value.get("peers", []) if s else [])],
@@ -557,41 +562,6 @@ def etcd_healthy(cp_netns: str) -> bool:
                         "http://127.0.0.1:2379", "--dial-timeout", "1s", "endpoint", "health"],
                        capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
     return p.returncode == 0
-
-
-def apply_label_changes(labels: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
-    """k=v sets, k- (None) removes (pure)."""
-    out = dict(labels)
-    for k, v in changes.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_label_args(items: list[str], allow_remove: bool = False) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for item in items:
-        if allow_remove and item.endswith("-") and "=" not in item:
-            out[item[:-1]] = None
-        elif "=" in item and item.split("=", 1)[0]:
-            k, v = item.split("=", 1)
-            out[k] = v
-        else:
-            raise LabError(f"label {item!r}: expected key=value" + (" or key-" if allow_remove else ""))
-    return out
-
-
-def parse_ports(items: list[str]) -> list[dict]:
-    """--port name:proto:number -> declared container ports (for named-port policies)."""
-    out = []
-    for item in items:
-        parts = item.split(":")
-        if len(parts) != 3 or parts[1].upper() not in ("TCP", "UDP", "SCTP") or not parts[2].isdigit():
-            raise LabError(f"--port {item!r}: expected name:proto:number, e.g. http:tcp:80")
-        out.append({"name": parts[0], "protocol": parts[1].upper(), "port": int(parts[2])})
-    return out
 
 
 __all__ = ["Lab", "LabError", "PlanError"]

@@ -1,6 +1,5 @@
 import pytest
 
-from calico_lite.lab.lab import apply_label_changes, parse_label_args, parse_ports, LabError
 from calico_lite.lab.plan import PlanError, make_plan
 
 
@@ -35,13 +34,3 @@ def test_unknown_node_lists_the_known_ones():
     with pytest.raises(PlanError, match="r1n1, r1n2"):
         make_plan(racks=1).node("r9n9")
 
-
-def test_labels_and_ports_parsing():
-    assert parse_label_args(["a=1", "b="]) == {"a": "1", "b": ""}
-    assert parse_label_args(["a-", "c=2"], allow_remove=True) == {"a": None, "c": "2"}
-    with pytest.raises(LabError, match="key=value"):
-        parse_label_args(["nolabel"])
-    assert apply_label_changes({"a": "1", "b": "2"}, {"a": None, "c": "3"}) == {"b": "2", "c": "3"}
-    assert parse_ports(["http:tcp:80"]) == [{"name": "http", "protocol": "TCP", "port": 80}]
-    with pytest.raises(LabError, match="name:proto:number"):
-        parse_ports(["http:icmp:1"])

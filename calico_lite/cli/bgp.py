@@ -1,0 +1,142 @@
+"""`calico-lite bgp config|peer|secret`: BGP configuration in the datastore.
+
+Every agent watches these records and reconfigures its speaker by itself; nothing here talks
+to an agent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from calico_lite import keys
+from calico_lite.bgpconfig import BgpGlobal, BgpPeer
+from calico_lite.cli.common import Group, arg, datastore
+from calico_lite.cli.table import row
+
+COMMANDS = Group()
+BGP = COMMANDS.group("bgp", "BGP configuration: global, peers, secrets", datastore=True)
+CONFIG = BGP.group("config", "global BGP settings", dest="csub")
+PEER = BGP.group("peer", "BGP peers", dest="psub")
+SECRET = BGP.group("secret", "BGP passwords (TCP MD5)", dest="ssub")
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected on or off")
+    return value == "on"
+
+
+# --- bgp config ------------------------------------------------------------------------
+@CONFIG.command("set", arg("--as-number", type=int),
+                arg("--mesh", type=_on_off, metavar="on|off", help="node-to-node mesh"),
+                arg("--hold-time", type=int),
+                arg("--graceful-restart", type=int, metavar="SECONDS",
+                    help="restart time peers keep our routes for if ExaBGP restarts (0: off)"))
+def cmd_config_set(args) -> int:
+    ds = datastore(args)
+    e = ds.get(keys.BGP_CONFIG)
+    cur = BgpGlobal.from_dict(e.value) if e else BgpGlobal()
+    new = BgpGlobal(
+        as_number=args.as_number if args.as_number is not None else cur.as_number,
+        mesh=args.mesh if args.mesh is not None else cur.mesh,
+        hold_time=args.hold_time if args.hold_time is not None else cur.hold_time,
+        graceful_restart=(args.graceful_restart if args.graceful_restart is not None
+                          else cur.graceful_restart))
+    if not 0 < new.as_number < 2 ** 32:
+        raise ValueError(f"--as-number {new.as_number}: out of range")
+    if not 3 <= new.hold_time <= 65535:
+        raise ValueError(f"--hold-time {new.hold_time}: must be 3..65535 seconds")
+    if not 0 <= new.graceful_restart <= 4095:
+        raise ValueError(f"--graceful-restart {new.graceful_restart}: must be 0..4095 seconds")
+    ds.put(keys.BGP_CONFIG, new.to_dict())
+    print(format_config(new.to_dict()))
+    return 0
+
+
+def format_config(d: dict) -> str:
+    return (f"AS {d['asNumber']}, node-to-node mesh {'on' if d['nodeToNodeMesh'] else 'off'}, "
+            f"hold time {d['holdTime']} s, graceful restart {d['gracefulRestart']} s")
+
+
+@CONFIG.command("get", arg("--json", action="store_true"))
+def cmd_config_get(args) -> int:
+    e = datastore(args).get(keys.BGP_CONFIG)
+    d = e.value if e else None
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        print(format_config(d) if d else "no BGP configuration: agents use their command-line peers")
+    return 0
+
+
+# --- bgp peer --------------------------------------------------------------------------
+@PEER.command("add", arg("name"), arg("--peer-ip"), arg("--as", dest="asn", type=int),
+              arg("--peer-selector", help="peer with the nodes this selects (e.g. route reflectors)"),
+              arg("--node-selector", default="all()", help="which nodes have this peer"),
+              arg("--node", help="only this node"),
+              arg("--password-secret", help="TCP MD5 password from `bgp secret set NAME`"),
+              arg("--hold-time", type=int),
+              arg("--replace", action="store_true", help="overwrite a peer of that name"))
+def cmd_peer_add(args) -> int:
+    peer = BgpPeer(name=args.name, peer_ip=args.peer_ip or "", as_number=args.asn or 0,
+                   node_selector=args.node_selector, peer_selector=args.peer_selector or "",
+                   node=args.node or "", password_secret=args.password_secret or "",
+                   hold_time=args.hold_time or 0)
+    ds = datastore(args)
+    if peer.password_secret and ds.get(keys.bgp_secret(peer.password_secret)) is None:
+        print(f"warning: secret {peer.password_secret} does not exist yet "
+              f"(calico-lite bgp secret set {peer.password_secret} --password ...)", file=sys.stderr)
+    if not args.replace and not ds.create(keys.bgp_peer(peer.name), peer.to_dict()):
+        raise ValueError(f"BGP peer {peer.name} already exists (--replace to overwrite)")
+    if args.replace:
+        ds.put(keys.bgp_peer(peer.name), peer.to_dict())
+    print(f"BGP peer {peer.name} added: {describe_peer(peer.to_dict())}")
+    return 0
+
+
+def describe_peer(d: dict) -> str:
+    target = (f"{d['peerIP']} AS {d['asNumber']}" if d.get("peerIP")
+              else f"nodes matching {d['peerSelector']!r}")
+    scope = f"node {d['node']}" if d.get("node") else f"nodes matching {d.get('nodeSelector', 'all()')!r}"
+    extra = "".join([f", password from secret {d['passwordSecret']}" if d.get("passwordSecret") else "",
+                     f", hold time {d['holdTime']} s" if d.get("holdTime") else ""])
+    return f"{target}, for {scope}{extra}"
+
+
+@PEER.command("list", arg("--json", action="store_true"))
+def cmd_peer_list(args) -> int:
+    rows = [e.value for e in datastore(args).list(keys.BGP_PEERS)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for d in rows:
+            print(row((d["name"], describe_peer(d)), (20,)))
+    return 0
+
+
+@PEER.command("delete", arg("name"))
+def cmd_peer_delete(args) -> int:
+    if not datastore(args).delete(keys.bgp_peer(args.name)):
+        raise LookupError(f"BGP peer {args.name} does not exist")
+    print(f"BGP peer {args.name} deleted")
+    return 0
+
+
+# --- bgp secret ------------------------------------------------------------------------
+@SECRET.command("set", arg("name"), arg("--password", help="default: one line from stdin"))
+def cmd_secret_set(args) -> int:
+    password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")
+    if not password or any(c in password for c in '"\n;{}\\'):
+        raise ValueError("the password must be non-empty and hold none of \" ; { } \\ or a newline")
+    datastore(args).put(keys.bgp_secret(args.name), {"password": password})
+    print(f"secret {args.name} set")
+    return 0
+
+
+@SECRET.command("delete", arg("name"))
+def cmd_secret_delete(args) -> int:
+    if not datastore(args).delete(keys.bgp_secret(args.name)):
+        raise LookupError(f"secret {args.name} does not exist")
+    print(f"secret {args.name} deleted")
+    return 0

@@ -1,0 +1,169 @@
+"""`calico-lite node run|status|set`: the node agent, what it reports, a node's BGP settings.
+
+Every agent watches the records `node set` writes and reconfigures its speaker by itself;
+nothing here talks to an agent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from calico_lite import keys
+from calico_lite.cli.common import DEFAULT_ETCD, Group, arg, datastore, log_to_stderr, print_result
+from calico_lite.cli.table import boxed
+
+COMMANDS = Group()
+NODE = COMMANDS.group("node", "the node agent")
+
+
+# --- node run --------------------------------------------------------------------------
+@NODE.command(
+    "run",
+    arg("--name", required=True),
+    # also a global option (`calico-lite --etcd-endpoints URL node run`): no parser default
+    arg("--etcd-endpoints", default=argparse.SUPPRESS),
+    arg("--cni-socket", default="/var/run/calico-lite/cni.sock"),
+    arg("--run-dir", default="/var/run/calico-lite"),
+    arg("--address", required=True, help="the node's address on its subnet"),
+    arg("--subnet", help="the node's subnet, e.g. 10.99.1.0/24 (default: the prefix "
+                         "of the interface holding --address)"),
+    arg("--as", dest="asn", type=int, default=64512),
+    arg("--router-id"),
+    arg("--peer", action="append", default=[], help="BGP peer ADDRESS:AS (repeat)"),
+    arg("--bgp-listen", action="store_true", help="accept BGP sessions (mesh)"),
+    arg("--hold-time", type=int, default=9),
+    arg("--on-exit", choices=["detach", "stop"], default="detach",
+        help="on SIGTERM: leave ExaBGP, routes and rules for the next agent (detach, "
+             "graceful restart) or stop ExaBGP so peers withdraw at once (stop)"),
+    arg("--rack", default=""),
+    arg("--label", action="append", default=[]),
+    arg("--block-release-grace", type=float, default=300.0,
+        help="seconds a block stays empty before the node gives it back"),
+    arg("--health-listen", default="127.0.0.1:9099", metavar="HOST:PORT|off",
+        help="node-local address of /healthz, /readyz and /metrics ('off': none)"),
+    arg("--liveness-timeout", type=float, default=90.0, metavar="SECONDS",
+        help="/healthz fails when a loop has not gone round for this long"),
+    help="run the node agent (one per node)")
+def cmd_node_run(args) -> int:
+    from calico_lite.agent import AgentConfig, NodeAgent
+    from calico_lite.routing import BgpSettings
+    log_to_stderr()
+    peers = []
+    for item in args.peer:
+        addr, _, asn = item.rpartition(":")
+        if not addr or not asn.isdigit():
+            raise ValueError(f"--peer {item!r}: expected ADDRESS:AS")
+        peers.append((addr, int(asn)))
+    labels = dict(item.split("=", 1) for item in args.label)
+    subnet = args.subnet or detect_subnet(args.address)
+    endpoints = getattr(args, "etcd_endpoints", None) or os.environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD)
+    cfg = AgentConfig(
+        node=args.name, etcd_endpoints=endpoints.split(","),
+        cni_socket=Path(args.cni_socket), run_dir=Path(args.run_dir), address=args.address,
+        subnet=subnet, rack=args.rack, labels=labels,
+        block_release_grace=args.block_release_grace,
+        health_listen=args.health_listen, liveness_timeout=args.liveness_timeout,
+        bgp=BgpSettings(router_id=args.router_id or args.address, local_address=args.address,
+                        local_as=args.asn, subnet=subnet, peers=tuple(peers),
+                        listen=args.bgp_listen, hold_time=args.hold_time,
+                        on_exit=args.on_exit))
+    NodeAgent(cfg).run_forever()
+    return 0
+
+
+def detect_subnet(address: str) -> str:
+    """The prefix of the interface holding `address`: a node's subnet is where it sits."""
+    import ipaddress
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(family=2):
+            if a.get_attr("IFA_ADDRESS") == address:
+                return str(ipaddress.ip_network(f"{address}/{a['prefixlen']}", strict=False))
+    raise ValueError(f"--address {address} is not configured on any interface here; "
+                     "give --subnet, or the node's own address")
+
+
+# --- node status -----------------------------------------------------------------------
+@NODE.command("status", arg("node", nargs="?"), arg("--json", action="store_true"),
+              help="BGP peers, blocks and routes of nodes", datastore=True)
+def cmd_node_status(args) -> int:
+    rows = [e.value for e in datastore(args).list(keys.STATUS)
+            if not args.node or e.value.get("node") == args.node]
+    if args.node and not rows:
+        raise LookupError(f"no status for node {args.node}: is its agent running?")
+    print_result(rows, args.json, "\n\n".join(format_node_status(r) for r in rows))
+    return 0
+
+
+def _uptime(since: float, now: float) -> str:
+    s = max(0, int(now - since))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else (
+        f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def _peer_type(description: str) -> str:
+    if description.startswith("node-to-node mesh"):
+        return "node-to-node mesh"
+    if description.startswith("peer "):
+        return "node specific" if "(" in description else "global"
+    return description or "command line"
+
+
+def _peer_row(p: dict, now: float) -> tuple[str, ...]:
+    up = p["state"] == "Established"
+    return (p["address"], str(p["peer_as"]), _peer_type(p.get("description", "")),
+            "up" if up else "down" if p["state"] == "Idle" else "start",
+            _uptime(p.get("since", now), now), str(p.get("received", 0)), str(p.get("sent", 0)),
+            p["state"] if up or not p.get("reason") else f"{p['state']}: {p['reason']}")
+
+
+def format_node_status(s: dict, now: float | None = None) -> str:
+    """Like `calicoctl node status` (peer table), plus the node's blocks and routes."""
+    now = time.time() if now is None else now
+    bgp = s.get("bgp", {})
+    head = f"node {s['node']}"
+    if bgp:
+        head += (f"  AS {bgp.get('asNumber')}  router id {bgp.get('routerId')}"
+                 + (f"  route reflector (cluster {bgp['routeReflectorClusterId']})"
+                    if bgp.get("routeReflectorClusterId") else "")
+                 + (f"  exabgp pid {bgp['exabgpPid']}" if bgp.get("exabgpPid") else "  exabgp NOT running"))
+    lines = [head]
+    if now - s.get("updated", now) > 60:
+        lines.append(f"  reported {_uptime(s.get('updated', now), now)} ago")
+    lines.append("  IPv4 BGP status")
+    lines += boxed(("PEER ADDRESS", "PEER AS", "PEER TYPE", "STATE", "SINCE", "RECEIVED",
+                   "SENT", "INFO"), [_peer_row(p, now) for p in s.get("peers", [])], "  ")
+    lines.append(f"  blocks: {', '.join(s.get('blocks', [])) or '-'}")
+    lines.append("  routes:")
+    for r in s.get("routes", []):
+        lines.append(f"    {r['prefix']:<18} via {', '.join(r['via'])} ({r.get('encap', 'none')})")
+    lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
+    lines += [f"  note: {n}" for n in s.get("notes", [])]
+    return "\n".join(lines)
+
+
+# --- node set --------------------------------------------------------------------------
+@NODE.command("set", arg("node"), arg("--as", dest="asn", type=int), arg("--router-id"),
+              arg("--route-reflector-cluster-id", help="make the node a route reflector ('' to stop)"),
+              arg("--label", action="append", default=[], help="k=v to set, k- to remove"),
+              help="a node's BGP settings: AS, router id, labels, RR cluster", datastore=True)
+def cmd_node_set(args) -> int:
+    from calico_lite.labels import apply_label_changes, parse_label_args
+    ds = datastore(args)
+    e = ds.get(keys.bgp_node(args.node))
+    d = dict(e.value) if e else {"name": args.node}
+    if args.asn is not None:
+        d["asNumber"] = args.asn
+    if args.router_id is not None:
+        d["routerId"] = args.router_id
+    if args.route_reflector_cluster_id is not None:
+        d["routeReflectorClusterId"] = args.route_reflector_cluster_id
+    if args.label:
+        d["labels"] = apply_label_changes(d.get("labels", {}),
+                                          parse_label_args(args.label, allow_remove=True))
+    ds.put(keys.bgp_node(args.node), d)
+    print(f"node {args.node}: {json.dumps({k: v for k, v in d.items() if k != 'name'}, sort_keys=True)}")
+    return 0
