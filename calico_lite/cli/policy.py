@@ -1,5 +1,10 @@
 """`calico-lite policy apply|get|delete|explain`: Kubernetes NetworkPolicy in the datastore,
-the way `kubectl` shows it."""
+the way `kubectl` shows it.
+
+With --lab, apply and delete write through the lab's API server (kube-sync carries the
+policies into etcd, as in a cluster); with --etcd-endpoints they write etcd directly, for
+clusters that run without kube-sync. get and explain read what the agents read: the datastore.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +12,7 @@ import sys
 from pathlib import Path
 
 from calico_lite import keys
-from calico_lite.cli.common import Group, arg, datastore, print_result, split_ref
+from calico_lite.cli.common import Group, arg, datastore, datastore_target, print_result, split_ref
 from calico_lite.cli.table import columns
 
 COMMANDS = Group()
@@ -22,8 +27,13 @@ def cmd_policy_apply(args) -> int:
     source = "<stdin>" if args.filename == "-" else args.filename
     text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
     policies = parse_manifests(text, source)  # all or nothing: a bad document applies none
-    ds = datastore(args)
-    ds.txn([], [Op.put(keys.k8s_policy(p.namespace, p.name), policy_to_dict(p)) for p in policies])
+    kind, where = datastore_target(args)
+    if kind == "lab":
+        from calico_lite.lab.lab import Lab
+        Lab(where).api().policy_apply([policy_to_dict(p) for p in policies])  # type: ignore[arg-type]
+    else:
+        datastore(args).txn([], [Op.put(keys.k8s_policy(p.namespace, p.name), policy_to_dict(p))
+                                 for p in policies])
     for p in policies:
         print(f"networkpolicy.networking.k8s.io/{p.name} configured (namespace {p.namespace})")
     return 0
@@ -52,7 +62,11 @@ def cmd_policy_get(args) -> int:
 @POLICY.command("delete", arg("policy", help="NAMESPACE/NAME"))
 def cmd_policy_delete(args) -> int:
     ns, name = split_ref(args.policy)
-    if not datastore(args).delete(keys.k8s_policy(ns, name)):
+    kind, where = datastore_target(args)
+    if kind == "lab":
+        from calico_lite.lab.lab import Lab
+        Lab(where).api().policy_delete(ns, name)  # type: ignore[arg-type]
+    elif not datastore(args).delete(keys.k8s_policy(ns, name)):
         raise LookupError(f"networkpolicy {ns}/{name} not found")
     print(f"networkpolicy.networking.k8s.io/{name} deleted (namespace {ns})")
     return 0
