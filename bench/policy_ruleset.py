@@ -242,7 +242,8 @@ def event_latency(policies, pods, namespaces, n: int) -> None:
             w.shutdown()
         remove_netns_with_prefix(prefix)
     print(f"event -> nft transaction committed ({len(pods)} local pods, {len(policies)} policies, "
-          f"{n} events of each kind; baseline = old path: full compile_ruleset + diff + nft, same run)")
+          f"{n} events of each kind; baseline = old path: full compile_ruleset + diff + nft, same run; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     for kind, t in times.items():
         inc_t, full_t = sorted(t["inc"]), sorted(t["full"])
         for stat, pick in (("p50", statistics.median), ("max", max)):
