@@ -20,15 +20,20 @@ def policies_from(raw: dict[str, dict]) -> list[NetworkPolicy]:
 
 def pods_from(k8s_pods: dict[str, dict], workloads: dict[str, dict], node: str | None) -> list[Pod]:
     """Every pod with an address; `interface` only for pods on `node` (None: no local pods)."""
-    out = []
-    for w in workloads.values():
+    return list(pods_by_workload(k8s_pods, workloads, node).values())
+
+
+def pods_by_workload(k8s_pods: dict[str, dict], workloads: dict[str, dict], node: str | None) -> dict[str, Pod]:
+    """pods_from keyed by workload key (the identity the incremental policy calculation uses)."""
+    out = {}
+    for wkey, w in workloads.items():
         meta = k8s_pods.get(keys.k8s_pod(w.get("namespace", ""), w.get("pod", "")), {})
         ports = [ContainerPort(p.get("name"), p.get("protocol", "TCP"), int(p["port"]))
                  for p in meta.get("ports", [])]
-        out.append(Pod(namespace=w.get("namespace", ""), name=w.get("pod", ""), ip=w["ip"],
-                       labels=dict(meta.get("labels", {})), ports=ports,
-                       interface=w.get("host_ifname") if node and w.get("node") == node else None,
-                       node=w.get("node")))
+        out[wkey] = Pod(namespace=w.get("namespace", ""), name=w.get("pod", ""), ip=w["ip"],
+                        labels=dict(meta.get("labels", {})), ports=ports,
+                        interface=w.get("host_ifname") if node and w.get("node") == node else None,
+                        node=w.get("node"))
     return out
 
 

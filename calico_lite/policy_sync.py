@@ -1,8 +1,11 @@
-"""The policy controller: datastore -> ruleset (policy.compiler) -> nftables (policy.applier).
+"""The policy controller: datastore -> ruleset (policy.incremental) -> nftables (policy.applier).
 
-It recompiles on every datastore change and lets the applier send only the difference, so a
-pod coming or going is a small transaction; the first pass (and any structural change) is one
-atomic full sync. A ruleset nftables refuses leaves the previous one in force.
+On every datastore change it diffs its inputs (pods, namespaces, policies) against the last pass
+and feeds only the differences to the incremental calculation, which touches only the sets and
+chains involved; the applier sends those in one small transaction. Every RESYNC_SECONDS the full
+compile (policy.compiler) runs as the resync: it is applied, and if the incremental state had
+drifted from it, the calculation is rebuilt. A ruleset nftables refuses leaves the previous one
+in force.
 """
 from __future__ import annotations
 
@@ -14,9 +17,13 @@ from typing import Callable
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import inputs_from
+from calico_lite.policy_inputs import namespaces_from, pods_by_workload
 from policy.applier import RulesetApplier
 from policy.compiler import compile_ruleset
+from policy.incremental import IncrementalRuleset
+from policy.manifests import policy_from_dict
+from policy.model import Namespace, NetworkPolicy, Pod
+from policy.ruleset import Ruleset
 from policy.conntrack import forget_udp_flows
 from policy.nft import NftError
 
@@ -35,32 +42,89 @@ class PolicyController:
         self.node_ips = node_ips
         self.publish = publish
         self.applier: RulesetApplier | None = None
-        self._policy_view: str | None = None
+        self.calc: IncrementalRuleset | None = None
+        self._raw_policies: dict[str, dict] = {}
+        self._policy_keys: dict[str, str] = {}  # datastore key -> policy key
+        self._namespaces: dict[str, Namespace] = {}
+        self._pods: dict[str, Pod] = {}
         self.beat: Callable[[], None] = lambda: None   # liveness (agent_health)
 
-    def sync_once(self, generation: int) -> dict:
+    def _feed(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> bool:
+        """Turn what changed since the last pass into events; True when policies, namespaces or
+        pod identities/labels changed (who may talk), so UDP flows must be judged again."""
+        calc = self.calc
+        assert calc is not None
+        parsed = {k: policy_from_dict(v) for k, v in raw_policies.items()  # may raise: before any event
+                  if self._raw_policies.get(k) != v}
+        view_changed = bool(parsed) or raw_policies.keys() != self._raw_policies.keys()
+        for k in self._raw_policies.keys() - raw_policies.keys():
+            calc.remove_policy(self._policy_keys.pop(k))
+        for k, pol in parsed.items():
+            if k in self._policy_keys and self._policy_keys[k] != pol.key:
+                calc.remove_policy(self._policy_keys[k])
+            self._policy_keys[k] = pol.key
+            calc.set_policy(pol)
+        self._raw_policies = raw_policies
+        for name in self._namespaces.keys() - namespaces.keys():
+            calc.remove_namespace(name)
+            view_changed = True
+        for name, ns in namespaces.items():
+            if self._namespaces.get(name) != ns:
+                calc.set_namespace(ns)
+                view_changed = True
+        self._namespaces = namespaces
+        for k in self._pods.keys() - pods.keys():
+            calc.remove_pod(k)
+            view_changed = True
+        for k, pod in pods.items():
+            old = self._pods.get(k)
+            if old != pod:
+                calc.set_pod(k, pod)
+                view_changed |= old is None or (old.namespace, old.name, old.labels) != (pod.namespace, pod.name, pod.labels)
+        self._pods = pods
+        return view_changed
+
+    def _full(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> Ruleset:
+        """The resync: the full compile; the incremental state is checked against it, rebuilt on drift."""
+        policies: list[NetworkPolicy] = [policy_from_dict(v) for v in raw_policies.values()]
+        ruleset = compile_ruleset(policies, pods.values(), namespaces.values(), self.node_ips)
+        if self.calc is not None and self.calc.ruleset() == ruleset:
+            return ruleset
+        if self.calc is not None:
+            log.error("incremental policy state drifted from the full compile; rebuilt from the full inputs")
+        self.calc = IncrementalRuleset(self.node_ips)
+        self._raw_policies, self._policy_keys, self._namespaces, self._pods = {}, {}, {}, {}
+        self._feed(raw_policies, namespaces, pods)
+        return ruleset
+
+    def sync_once(self, generation: int, full: bool = False) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
-        policies, pods, namespaces = inputs_from(self.cache.items, self.node)
+        raw_policies = self.cache.items(keys.K8S_POLICIES)
+        namespaces = {n.name: n for n in namespaces_from(self.cache.items(keys.K8S_NAMESPACES))}
+        pods = pods_by_workload(self.cache.items(keys.K8S_PODS), self.cache.items(keys.WORKLOADS), self.node)
         start = time.perf_counter()
-        ruleset = compile_ruleset(policies, pods, namespaces, self.node_ips)
+        first = self.calc is None
+        if full or first:
+            before = dict(self._pods), dict(self._namespaces), dict(self._raw_policies)
+            ruleset = self._full(raw_policies, namespaces, pods)
+            view_changed = before != (pods, namespaces, raw_policies)
+        else:
+            view_changed = self._feed(raw_policies, namespaces, pods)
+            ruleset = self.calc.ruleset()  # type: ignore[union-attr]
         compiled = time.perf_counter()
         assert self.applier
         result = self.applier.update(ruleset)
         # policies and labels decide who may talk; when they change, established UDP flows of
         # local pods are forgotten so each is judged again (not on the first pass: a restarted
         # agent inherits flows its predecessor's identical rules allowed)
-        view = repr([sorted(self.cache.items(p).items()) for p in (
-            keys.K8S_POLICIES, keys.K8S_NAMESPACES)] + sorted((p.namespace, p.name, p.labels)
-                                                               for p in pods))
         forgotten = 0
-        if self._policy_view is not None and view != self._policy_view:
-            forgotten = forget_udp_flows({p.ip for p in pods if p.interface})
-        self._policy_view = view
+        if not first and view_changed:
+            forgotten = forget_udp_flows({p.ip for p in pods.values() if p.interface})
         return {"node": self.node, "generation": generation, "revision": revision,
-                "mode": result.mode,
+                "mode": result.mode, "calc": "full" if full or first else "incremental",
                 "compile_ms": round((compiled - start) * 1e3, 1),
-                "nft_ms": round(result.seconds * 1e3, 1), "policies": len(policies),
-                "local_pods": sum(1 for p in pods if p.interface), "error": "",
+                "nft_ms": round(result.seconds * 1e3, 1), "policies": len(raw_policies),
+                "local_pods": sum(1 for p in pods.values() if p.interface), "error": "",
                 "udp_flows_forgotten": forgotten,
                 "updated": time.time(), **ruleset.stats()}
 
@@ -68,14 +132,16 @@ class PolicyController:
         self.applier = RulesetApplier()  # binds to this (the node's) network namespace
         self.cache.synced.wait()
         seen = -1
+        last_full = time.monotonic()
         while not stop.is_set():
             self.beat()
             gen = self.cache.generation_of(INPUTS)
-            if gen != seen:
+            full = time.monotonic() - last_full >= RESYNC_SECONDS
+            if gen != seen or full:
                 time.sleep(SETTLE_SECONDS)
                 gen = self.cache.generation_of(INPUTS)
                 try:
-                    status = self.sync_once(gen)
+                    status = self.sync_once(gen, full)
                 except (NftError, ValueError) as e:
                     log.error("policy not applied, previous rules stay: %s", e)
                     status = {"node": self.node, "generation": gen, "error": str(e)[:2000],
@@ -84,4 +150,6 @@ class PolicyController:
                     "mode", "compile_ms", "nft_ms", "policies", "local_pods", "error")}}))
                 self.publish(status)
                 seen = gen
+                if full:
+                    last_full = time.monotonic()
             self.cache.wait_change(seen, RESYNC_SECONDS, INPUTS)

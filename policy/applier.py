@@ -30,6 +30,21 @@ class ApplyResult:
     bytes: int = 0
 
 
+def _changed_parts(old: Ruleset, new: Ruleset) -> tuple[Ruleset, Ruleset]:
+    """old and new cut down to the sets and regular chains that are not the very same object
+    on both sides (plus maps and base chains, which the diff always checks).
+
+    policy.incremental hands over untouched parts unchanged, so diffing a pod event costs what
+    the event touched, not the size of the table; for unrelated Rulesets this keeps everything.
+    """
+    def cut(rs: Ruleset, sets: set[str], chains: set[str]) -> Ruleset:
+        return Ruleset({n: s for n, s in rs.sets.items() if n in sets}, rs.maps,
+                       {n: c for n, c in rs.chains.items() if n in chains or c.hook}, rs.family, rs.table)
+    sets = {n for n in old.sets.keys() | new.sets.keys() if old.sets.get(n) is not new.sets.get(n)}
+    chains = {n for n in old.chains.keys() | new.chains.keys() if old.chains.get(n) is not new.chains.get(n)}
+    return cut(old, sets, chains), cut(new, sets, chains)
+
+
 class RulesetApplier:
     """Owns our table in one netns; create it (and its Nft) inside that netns."""
 
@@ -61,7 +76,7 @@ class RulesetApplier:
         """Apply only the difference from the last applied Ruleset; sync when that is not possible."""
         if self._applied is None:
             return self.sync(ruleset)
-        text, summary = render_update(self._applied, ruleset)
+        text, summary = render_update(*_changed_parts(self._applied, ruleset))
         if text is None:
             log.info("policy update is structural (%s): full sync", summary)
             return self.sync(ruleset)

@@ -214,11 +214,19 @@ class _CompiledRule:
         return out
 
 
+def rule_stem(policy: NetworkPolicy, direction: str, index: int) -> str:
+    """Name prefix of one policy rule's sets."""
+    return f"{policy_id(policy)}_{'i' if direction == INGRESS else 'e'}{index}"
+
+
+def rule_label(policy: NetworkPolicy, direction: str, index: int) -> str:
+    return f"{policy.key} {direction.lower()}[{index}]"
+
+
 def _compile_rule(cluster: _Cluster, policy: NetworkPolicy, direction: str, index: int,
                   rule: NetworkPolicyRule, sets: dict[str, NftSet]) -> _CompiledRule:
     peers = _resolve_peers(cluster, policy, rule)
-    stem = f"{policy_id(policy)}_{'i' if direction == INGRESS else 'e'}{index}"
-    label = f"{policy.key} {direction.lower()}[{index}]"
+    stem, label = rule_stem(policy, direction, index), rule_label(policy, direction, index)
     pods_set = cidrs_set = named_set = None
     if peers.has_pod_peers:
         pods_set = f"{stem}_pods"
@@ -246,7 +254,7 @@ def _compile_rule(cluster: _Cluster, policy: NetworkPolicy, direction: str, inde
     return _CompiledRule(policy, direction, index, rule, pods_set, cidrs_set, named_set)
 
 
-def _base_chains() -> dict[str, Chain]:
+def base_chains() -> dict[str, Chain]:
     antispoof = Rule((f"iifname @{LOCAL_IFACES}", f"iifname . ip saddr != @{POD_IF_ADDR}"), "drop",
                      "anti-spoofing: a pod sends only from its own address")
     forward = Chain("forward", (
@@ -261,20 +269,47 @@ def _base_chains() -> dict[str, Chain]:
     return {"forward": forward, "input": inp}
 
 
+def local_sets(local: Iterable[Pod], node_ips: Iterable[str]) -> dict[str, NftSet]:
+    """The sets that depend on this node's pods and addresses only (not on policies)."""
+    local = list(local)
+    node_v4 = {ip for ip in node_ips if ipaddress.ip_address(ip).version == 4}
+    return {
+        LOCAL_IFACES: NftSet(LOCAL_IFACES, "ifname", False,
+                             frozenset(quote(p.interface) for p in local), "host side of local pods"),  # type: ignore[arg-type]
+        POD_IF_ADDR: NftSet(POD_IF_ADDR, "ifname . ipv4_addr", False,
+                            frozenset(f"{quote(p.interface)} . {p.ip}" for p in local),  # type: ignore[arg-type]
+                            "the one source address each local pod may use"),
+        NODE_IPS: NftSet(NODE_IPS, "ipv4_addr", False, frozenset(node_v4), "this node's addresses"),
+    }
+
+
+def build_pod_chain(pod: Pod, direction: str,
+                    selecting: list[tuple[NetworkPolicy, list[_CompiledRule]]]) -> Chain:
+    """A local pod's chain for one direction, from the policies selecting it (sorted by key)."""
+    assert pod.interface
+    name = pod_chain(direction, pod.interface)
+    if direction == INGRESS:
+        rules = [Rule((f"ip saddr @{NODE_IPS}",), "accept", "from this node")]
+    else:
+        rules = [Rule((f"ip daddr @{NODE_IPS}",), "return", "to this node")]
+    for _pol, crs in selecting:
+        for cr in crs:
+            rules.extend(cr.nft_rules(pod))
+    selected_by = ", ".join(pol.key for pol, _ in selecting)
+    rules.append(Rule((), "drop", f"{pod.namespace}/{pod.name}: default deny ({selected_by})"))
+    return Chain(name, tuple(rules))
+
+
 def compile_ruleset(policies: Iterable[NetworkPolicy], pods: Iterable[Pod], namespaces: Iterable[Namespace],
                     node_ips: Iterable[str]) -> Ruleset:
-    """The whole table for this node: per-pod chains for pods with an `interface`, every pod as a peer."""
+    """The whole table for this node: per-pod chains for pods with an `interface`, every pod as a peer.
+
+    This full compile is the resync and the oracle of policy.incremental (which must give the
+    same Ruleset after any sequence of events)."""
     cluster = _Cluster(pods, namespaces)
     policies = sorted(policies, key=lambda p: p.key)
-    sets: dict[str, NftSet] = {}
     local = sorted((p for p in cluster.pods if p.interface), key=lambda p: p.interface or "")
-    sets[LOCAL_IFACES] = NftSet(LOCAL_IFACES, "ifname", False,
-                                frozenset(quote(p.interface) for p in local), "host side of local pods")  # type: ignore[arg-type]
-    sets[POD_IF_ADDR] = NftSet(POD_IF_ADDR, "ifname . ipv4_addr", False,
-                               frozenset(f"{quote(p.interface)} . {p.ip}" for p in local),  # type: ignore[arg-type]
-                               "the one source address each local pod may use")
-    node_v4 = {ip for ip in node_ips if ipaddress.ip_address(ip).version == 4}
-    sets[NODE_IPS] = NftSet(NODE_IPS, "ipv4_addr", False, frozenset(node_v4), "this node's addresses")
+    sets = local_sets(local, node_ips)
 
     compiled: dict[str, list[tuple[NetworkPolicy, list[_CompiledRule]]]] = {INGRESS: [], EGRESS: []}
     for pol in policies:
@@ -293,19 +328,10 @@ def compile_ruleset(policies: Iterable[NetworkPolicy], pods: Iterable[Pod], name
                          if pol.namespace == pod.namespace and selector_matches(pol.pod_selector, pod.labels)]
             if not selecting:
                 continue
-            name = pod_chain(direction, pod.interface)
-            if direction == INGRESS:
-                rules = [Rule((f"ip saddr @{NODE_IPS}",), "accept", "from this node")]
-            else:
-                rules = [Rule((f"ip daddr @{NODE_IPS}",), "return", "to this node")]
-            for _pol, crs in selecting:
-                for cr in crs:
-                    rules.extend(cr.nft_rules(pod))
-            selected_by = ", ".join(pol.key for pol, _ in selecting)
-            rules.append(Rule((), "drop", f"{pod.namespace}/{pod.name}: default deny ({selected_by})"))
-            chains[name] = Chain(name, tuple(rules))
-            dispatch[direction][pod.interface] = name
-    chains.update(_base_chains())
+            chain = build_pod_chain(pod, direction, selecting)
+            chains[chain.name] = chain
+            dispatch[direction][pod.interface] = chain.name
+    chains.update(base_chains())
     maps = {m: VerdictMap(m, "ifname", tuple(sorted(dispatch[d].items())))
             for m, d in ((INGRESS_MAP, INGRESS), (EGRESS_MAP, EGRESS))}
     return Ruleset(sets=sets, maps=maps, chains=chains)

@@ -14,6 +14,7 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings
 
 from policy.applier import RulesetApplier
 from policy.compiler import compile_ruleset
@@ -22,6 +23,7 @@ from policy.model import ContainerPort, Namespace, NetworkPolicy, Pod
 from policy.ruleset import Ruleset
 from tests.nslib import remove_netns_with_prefix, sh, unique_prefix
 from tests.nft_node import NftNode
+from tests.policy_events import Replay, events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and nftables")
 
@@ -284,3 +286,24 @@ def test_removing_the_last_policy_of_a_pod_deletes_its_chain_and_sets(fresh):
     assert_equal_tables(inc, full, "removing the only policy")
     listing = sh("nft", "list", "table", "inet", "calico-lite", netns=inc.netns).stdout
     assert "ing_" not in listing and "_pods" not in listing
+
+
+@settings(max_examples=25, deadline=None)
+@given(seq=events)
+def test_incremental_calculation_in_the_kernel_equals_a_fresh_full_load(nodes, seq):
+    """policy.incremental, event by event through update(), leaves the same kernel table as one
+    full sync of the full compile of the final state (random event sequences, real nftables)."""
+    inc, full = nodes
+    for n in nodes:
+        n.call(n.applier.remove)
+        n.applier = n.call(RulesetApplier)
+    replay = Replay()
+    inc.call(inc.applier.sync, replay.inc.ruleset())
+    for event in seq:
+        replay.apply(event)
+        r = inc.call(inc.applier.update, replay.inc.ruleset())
+        assert r.mode in ("update", "noop"), (event, r)
+    final = replay.full()
+    assert replay.inc.ruleset() == final
+    full.call(full.applier.sync, final)
+    assert_equal_tables(inc, full, f"{len(seq)} events")

@@ -1,0 +1,151 @@
+"""The policy controller against a real etcd, a real Cache and real nftables in a scratch namespace:
+datastore writes (random event sequences) go incrementally through the controller, and after each
+the calculation equals the full compile of the same datastore and the kernel table equals a
+fresh full load; the periodic full resync repairs a calculation that drifted."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from hypothesis import example, given, settings
+
+from calico_lite import keys
+from calico_lite.cache import Cache
+from calico_lite.policy_inputs import inputs_from
+from calico_lite.policy_sync import PolicyController
+from policy.compiler import compile_ruleset
+from policy.manifests import policy_to_dict
+from policy.model import LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, Pod
+from tests.integration.test_policy_incremental import Node, assert_equal_tables
+from tests.nslib import remove_netns_with_prefix, sh, unique_prefix
+from tests.policy_events import NODE_IP, events
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and nftables")
+NODE = "n1"
+
+
+@pytest.fixture(scope="module")
+def netns_nodes():
+    prefix = unique_prefix("pct")
+    made: list[Node] = []
+    try:
+        for name in ("ctl", "full"):
+            sh("ip", "netns", "add", f"{prefix}{name}")
+            made.append(Node(f"{prefix}{name}"))
+        yield made
+    finally:
+        for n in made:
+            n.worker.shutdown(wait=True)
+        remove_netns_with_prefix(prefix)
+
+
+@pytest.fixture(scope="module")
+def store(etcd_endpoint):
+    """A Datastore and a running Cache on our own key prefix space (emptied per example)."""
+    from calico_lite.datastore import Datastore
+    ds = Datastore([etcd_endpoint])
+    ds.delete_prefix(keys.ROOT)
+    cache = Cache(ds)
+    cache.start()
+    assert cache.synced.wait(20)
+    yield ds, cache
+    cache.stop()
+    ds.delete_prefix(keys.ROOT)
+    ds.close()
+
+
+def write(ds, event) -> None:
+    kind, key, value = event
+    if kind == "ns":
+        if value is None:
+            ds.delete(keys.k8s_namespace(key))
+        else:
+            ds.put(keys.k8s_namespace(key), {"name": key, "labels": value})
+    elif kind == "policy":
+        if value is None:
+            ds.delete(keys.k8s_policy(*key.split("/")))
+        else:
+            ds.put(keys.k8s_policy(value.namespace, value.name), policy_to_dict(value))
+    else:
+        wkey = keys.workload("any", f"h{key}")
+        for ns in ("a", "b", "c"):
+            ds.delete(keys.k8s_pod(ns, f"pod{key}"))
+        if value is None:
+            ds.delete(wkey)
+            return
+        ds.put(keys.k8s_pod(value.namespace, value.name),
+               {"namespace": value.namespace, "name": value.name, "labels": value.labels,
+                "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port} for p in value.ports]})
+        ds.put(wkey, {"namespace": value.namespace, "pod": value.name, "ip": value.ip, "node": value.node,
+                      "host_ifname": value.interface or f"remote{key}"})
+
+
+def caught_up(ds, cache) -> int:
+    """Wait until the cache reflects every write made so far; its policy-input generation."""
+    rev = ds.put(keys.BARRIER, {"t": time.time()})
+    deadline = time.monotonic() + 20
+    while cache.revision < rev:
+        assert time.monotonic() < deadline, "cache did not catch up with etcd"
+        time.sleep(0.01)
+    return cache.generation
+
+
+def oracle(cache):
+    return compile_ruleset(*inputs_from(cache.items, NODE), [NODE_IP])
+
+
+_SEL = LabelSelector.of
+_RELABEL = [  # a pod relabelled into a policy's selection, then its namespace out of a peer's
+    ("policy", "a/p1", NetworkPolicy("a", "p1", _SEL({"app": "y"}), ("Ingress",), (NetworkPolicyRule(
+        (NetworkPolicyPeer(namespace_selector=_SEL({"team": "x"})),)),))),
+    ("ns", "a", {"team": "x"}),
+    ("pod", 1, Pod("a", "pod1", "10.240.0.1", {"app": "x"}, [], "cali1", NODE)),
+    ("pod", 1, Pod("a", "pod1", "10.240.0.1", {"app": "y"}, [], "cali1", NODE)),
+    ("ns", "a", {"team": "y"}),
+]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seq=events)
+@example(seq=_RELABEL)
+def test_controller_incremental_passes_equal_the_full_compile_and_a_full_load(store, netns_nodes, seq):
+    ds, cache = store
+    ctl_node, full_node = netns_nodes
+    ds.delete_prefix(keys.ROOT)
+    for n in netns_nodes:
+        n.call(n.applier.remove)
+    ctl = PolicyController(cache, NODE, [NODE_IP])
+    ctl.applier = ctl_node.applier
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    assert status["calc"] == "full" and status["error"] == ""
+    for event in seq:
+        write(ds, event)
+        status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+        assert status["calc"] == "incremental" and status["mode"] in ("update", "noop"), status
+        assert ctl.calc.ruleset() == oracle(cache), event
+    full_node.call(full_node.applier.sync, oracle(cache))
+    assert_equal_tables(ctl_node, full_node, f"{len(seq)} datastore events")
+
+
+def test_full_resync_repairs_a_drifted_calculation(store, netns_nodes):
+    ds, cache = store
+    ctl_node, full_node = netns_nodes
+    ds.delete_prefix(keys.ROOT)
+    peer = NetworkPolicyPeer(pod_selector=LabelSelector.of({"app": "x"}))
+    for event in [("ns", "a", {"team": "x"}),
+                  ("pod", 1, Pod("a", "pod1", "10.240.0.1", {"app": "x"}, [], "cali1", NODE)),
+                  ("pod", 2, Pod("a", "pod2", "10.240.0.2", {"app": "y"}, [], "cali2", NODE)),
+                  ("policy", "a/p1", NetworkPolicy("a", "p1", LabelSelector.of({"app": "y"}), ("Ingress",),
+                                                   (NetworkPolicyRule((peer,)),)))]:
+        write(ds, event)
+    ctl = PolicyController(cache, NODE, [NODE_IP])
+    ctl.applier = ctl_node.applier
+    ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    ctl.calc.remove_pod(keys.workload("any", "h1"))  # drift: the calculation forgets a pod
+    assert ctl.calc.ruleset() != oracle(cache)
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache), True)
+    assert status["calc"] == "full"
+    assert ctl.calc.ruleset() == oracle(cache)
+    full_node.call(full_node.applier.sync, oracle(cache))
+    assert_equal_tables(ctl_node, full_node, "the resync")
