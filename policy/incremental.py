@@ -27,7 +27,7 @@ from .compiler import (
 )
 from .model import EGRESS, INGRESS, Namespace, NetworkPolicy, NetworkPolicyPeer, Pod
 from .ruleset import Chain, NftSet, Ruleset, VerdictMap, quote
-from .selectors import selector_matches
+from .label_selector import selector_matches
 
 PodKey = Hashable
 
