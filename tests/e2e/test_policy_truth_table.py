@@ -141,6 +141,12 @@ def np(ns: str, name: str, spec: str) -> str:
             f"metadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{body}\n")
 
 
+def as_json_list(manifests: str) -> str:
+    import yaml
+    return json.dumps({"apiVersion": "v1", "kind": "List",
+                       "items": [d for d in yaml.safe_load_all(manifests) if d]})
+
+
 class PolicyLab:
     """The module's lab, driven as a user drives a cluster: namespaces, pods, labels and
     policies through kubectl against the lab's real API server (`lab kubectl -- ...`), the
@@ -202,9 +208,11 @@ class PolicyLab:
 
     # -- policies
     def apply(self, manifests: str) -> None:
+        """kubectl apply -f of the case's manifests, written as a JSON List: kubectl reads YAML
+        as YAML 1.1, where the namespace names `y` and `n` are booleans."""
         self._applied += 1
-        path = self.workdir / f"case{self._applied:03d}.yaml"
-        path.write_text(manifests)
+        path = self.workdir / f"case{self._applied:03d}.json"
+        path.write_text(as_json_list(manifests))
         self.last_manifests += manifests
         self.kubectl("apply", "-f", str(path))
         self.wait()
@@ -633,8 +641,8 @@ def test_a_malformed_policy_is_refused_by_the_api_server_and_changes_nothing(fre
     """kubectl gets the API server's own validation error naming the field; nothing reaches
     the datastore, so every node keeps enforcing what it did (here: a deny on x/a)."""
     fresh.apply(np("x", "deny-a", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress]"))
-    path = fresh.workdir / "malformed.yaml"
-    path.write_text(np("x", "malformed", bad))
+    path = fresh.workdir / "malformed.json"
+    path.write_text(as_json_list(np("x", "malformed", bad)))
     p = subprocess.run([*CLI, "lab", "kubectl", "--name", fresh.name, "--", "apply", "-f", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and field in p.stderr and "is invalid" in p.stderr, p.stderr
