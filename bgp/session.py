@@ -18,7 +18,7 @@ Whether learned() can be trusted is one explicit `SyncState`:
   deadline passes.
 
 A session ExaBGP re-establishes for new settings (a reload) keeps its paths as stale ones
-(`Regrace`) until the peer sends End-of-RIB, or its grace time is over.
+(`StaleSession`) until the peer sends End-of-RIB, or its grace time is over.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Changes:
 
 
 @dataclass
-class Regrace:
+class StaleSession:
     """A session being re-established for new settings: its paths count until `until`
     (monotonic) or its End-of-RIB. `paths` is None while the session has not gone down."""
 
@@ -88,7 +88,7 @@ class BgpState:
         self.desired: set[str] = set()
         self.learned_paths: dict[str, Paths] = {}           # peer -> prefix -> path
         self.reflected: dict[str, dict[str, Reflected]] = {}  # peer -> prefix -> sent
-        self.regrace: dict[str, Regrace] = {}               # peer -> stale paths
+        self.stale: dict[str, StaleSession] = {}            # peer -> stale paths
         self.eor: set[str] = set()                          # End-of-RIB since (re)start
         now = wall_clock()
         self.sessions: dict[str, PeerState] = {
@@ -110,7 +110,7 @@ class BgpState:
             self._send(f"announce route {p} next-hop self")
         self.reflected = {}
         self._reflect()
-        if adopted and self.sync is not SyncState.RESTARTING:
+        if adopted and self.sync is not SyncState.RESTARTING:   # (a restart waits for EoRs)
             self.sync = SyncState.READ_BACK
         self._send(SHOW_NEIGHBORS)
         return self._done(False)
@@ -164,8 +164,8 @@ class BgpState:
             if p.address in before and before[p.address] != p:
                 # ExaBGP re-establishes this session: keep what it sent meanwhile
                 until = self.clock() + self._grace(p)
-                self.regrace[p.address] = Regrace(until, self.regrace.get(
-                    p.address, Regrace(until)).paths)
+                self.stale[p.address] = StaleSession(until, self.stale.get(
+                    p.address, StaleSession(until)).paths)
         restart = (old.local_address, old.listen, old.port) != (
             cfg.local_address, cfg.listen, cfg.port)
         return "restart" if restart else "reload"
@@ -199,10 +199,10 @@ class BgpState:
     def expire(self) -> Changes:
         """Drop stale paths whose grace time is over."""
         now = self.clock()
-        gone = [a for a, r in self.regrace.items() if r.until < now]
+        gone = [a for a, r in self.stale.items() if r.until < now]
         changed = False
         for peer in gone:
-            changed |= self.regrace.pop(peer).paths is not None
+            changed |= self.stale.pop(peer).paths is not None
         return self._done(changed)
 
     # -- ExaBGP events ----------------------------------------------------------
@@ -215,7 +215,7 @@ class BgpState:
             changed = self._update(event)
         elif isinstance(event, EndOfRib):
             self.eor.add(event.peer)
-            stale = self.regrace.pop(event.peer, None)
+            stale = self.stale.pop(event.peer, None)
             changed = self._check_resynced() or bool(stale and stale.paths)
         elif isinstance(event, Notification):
             self._notification(event)
@@ -231,7 +231,7 @@ class BgpState:
             self._reflect()
         out = self._done(changed)
         if isinstance(event, PeerStateChange) and event.state == "up" and \
-                event.peer in self.sessions and event.peer in self.regrace:
+                event.peer in self.sessions and event.peer in self.stale:
             out.expire_in = STALE_SETTLE + 0.05
         return out
 
@@ -276,7 +276,7 @@ class BgpState:
             self.reflected.pop(ev.peer, None)
             self._reflect()
             changed |= self._check_resynced()
-            r = self.regrace.get(ev.peer)
+            r = self.stale.get(ev.peer)
             if r is not None:
                 # a peer without graceful restart sends no End-of-RIB: its initial updates
                 # come right away, so stale paths go after a short settle time anyway
@@ -284,7 +284,7 @@ class BgpState:
         else:
             self.reflected.pop(ev.peer, None)
             paths = self.learned_paths.pop(ev.peer, None)
-            r = self.regrace.get(ev.peer)
+            r = self.stale.get(ev.peer)
             if r is not None and state == "Idle":
                 # a session we re-establish (new settings): its paths stay as stale ones
                 r.paths = {**(r.paths or {}), **(paths or {})}
@@ -296,7 +296,7 @@ class BgpState:
         if ev.peer not in self.sessions:
             return False
         paths = self.learned_paths.setdefault(ev.peer, {})
-        r = self.regrace.get(ev.peer)
+        r = self.stale.get(ev.peer)
         stale = r.paths if r is not None and r.paths is not None else {}
         changed = False
         for prefix in ev.withdrawn:
@@ -323,7 +323,7 @@ class BgpState:
         """prefix -> every path currently learned for it, from any peer (stale included)."""
         self.expire()
         out: dict[str, set[LearnedPath]] = {}
-        for peer, r in self.regrace.items():   # a re-establishing session's paths
+        for peer, r in self.stale.items():   # a re-establishing session's paths
             fresh = self.learned_paths.get(peer, {})
             for prefix, path in (r.paths or {}).items():
                 if prefix not in fresh:

@@ -73,41 +73,46 @@ def worker_main(argv: list[str]) -> int:
         threading.Thread(target=ticker, daemon=True).start()
     for line in sys.stdin:
         cmd = json.loads(line)
-        op = cmd["op"]
-        reply: object = None
-        if op == "start":
-            speaker.start()
-        elif op == "reconfigure":
-            reply = speaker.reconfigure(_speaker_config(cmd["cfg"]))
-        elif op == "announce":
-            speaker.announce(set(cmd["prefixes"]))
-            sync()
-        elif op == "learned":
-            reply = {p: sorted([x.next_hop, x.peer, list(x.as_path), x.originator_id,
-                                list(x.cluster_list)] for x in paths)
-                     for p, paths in speaker.learned().items()}
-        elif op == "peers":
-            reply = [vars(p) for p in speaker.peers()]
-        elif op == "pids":
-            reply = {"exabgp": speaker.exabgp_pid, "relay": speaker.relay_pid,
-                     "restarts": speaker.restarts, "adopted": speaker.adopted,
-                     "synced": speaker.synced()}
-        elif op == "stop":
-            speaker.stop()
-        elif op == "detach":
+        if cmd["op"] == "detach":   # as a SIGTERMed agent: ExaBGP stays for the next one
             speaker.detach()
             sys.stdout.write(json.dumps({"ok": True}) + "\n")
             sys.stdout.flush()
             os._exit(0)
-        elif op == "exit":
+        if cmd["op"] == "exit":
             speaker.stop()
             sys.stdout.write(json.dumps({"ok": True}) + "\n")
             sys.stdout.flush()
             return 0
+        reply = _answer(speaker, cmd, sync)
         sys.stdout.write(json.dumps({"ok": True, "reply": reply}) + "\n")
         sys.stdout.flush()
     speaker.stop()
     return 0
+
+
+def _answer(speaker, cmd: dict, sync) -> object:
+    """Carry out one worker command; its reply (None for actions)."""
+    op = cmd["op"]
+    if op == "start":
+        speaker.start()
+    elif op == "reconfigure":
+        return speaker.reconfigure(_speaker_config(cmd["cfg"]))
+    elif op == "announce":
+        speaker.announce(set(cmd["prefixes"]))
+        sync()
+    elif op == "learned":
+        return {p: sorted([x.next_hop, x.peer, list(x.as_path), x.originator_id,
+                           list(x.cluster_list)] for x in paths)
+                for p, paths in speaker.learned().items()}
+    elif op == "peers":
+        return [vars(p) for p in speaker.peers()]
+    elif op == "pids":
+        return {"exabgp": speaker.exabgp_pid, "relay": speaker.relay_pid,
+                "restarts": speaker.restarts, "adopted": speaker.adopted,
+                "synced": speaker.synced()}
+    elif op == "stop":
+        speaker.stop()
+    return None
 
 
 if __name__ == "__main__":
