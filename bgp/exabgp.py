@@ -223,8 +223,8 @@ class ExaBGP:
                                     cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             self._proc = proc
-        (self.workdir / PID_NAME).write_text(f"{proc.pid}\n")
-        (self.workdir / ENV_NAME).write_text(self._env_text())
+        _write_atomic(self.workdir / PID_NAME, f"{proc.pid}\n")
+        _write_atomic(self.workdir / ENV_NAME, self._env_text())
         log.info("bgp exabgp spawned pid=%s", proc.pid)
         return proc
 
@@ -278,6 +278,13 @@ def kill_wait(pid: int, timeout: float) -> None:
         if not _alive(pid):
             return
 
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace path's content at once: readers (adoption, the lab) never see it empty."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _signal(pid: int, sig: int) -> None:
