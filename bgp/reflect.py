@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from .model import LearnedPath
 
-__all__ = ["Reflected", "reflection_plan", "announce_command", "withdraw_command"]
+__all__ = ["Reflected", "reflection_plan", "reflection_commands", "announce_command",
+           "withdraw_command"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,22 @@ def announce_command(peer: str, prefix: str, r: Reflected) -> str:
 
 def withdraw_command(peer: str, prefix: str, r: Reflected) -> str:
     return f"neighbor {peer} withdraw route {prefix} next-hop {r.next_hop}"
+
+
+def reflection_commands(
+    sent: Mapping[str, Mapping[str, Reflected]], plan: Mapping[str, Mapping[str, Reflected]],
+) -> tuple[list[str], dict[str, dict[str, Reflected]]]:
+    """The ExaBGP commands that turn what we re-announce (`sent`, peer -> prefix -> path)
+    into `plan`, and what is sent afterwards."""
+    commands: list[str] = []
+    after: dict[str, dict[str, Reflected]] = {}
+    for peer in sorted(set(sent) | set(plan)):
+        was, want = sent.get(peer, {}), plan.get(peer, {})
+        for prefix in sorted(set(was) - set(want)):
+            commands.append(withdraw_command(peer, prefix, was[prefix]))
+        for prefix in sorted(want):
+            if was.get(prefix) != want[prefix]:
+                commands.append(announce_command(peer, prefix, want[prefix]))
+        if want:
+            after[peer] = dict(want)
+    return commands, after

@@ -2,8 +2,8 @@
 a node acting as route reflector, FRR as route reflector, TCP MD5, graceful restart with
 FRR as helper, hold-time expiry of a silent node, and GoBGP as a second ToR implementation.
 
-Each node is a worker (this file run as a script in the node's netns): a Speaker plus the
-agent's route loop, driven over stdin/stdout. Timings are printed, never asserted.
+The harness is tests/bgp_fabric.py; nodes here run the agent's periodic resync too (tick).
+Timings are printed, never asserted.
 """
 from __future__ import annotations
 
@@ -12,231 +12,23 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+import pytest
 
-PROTO = 88
-SUBNET = "10.99.1.0/24"
+from calico_lite.lab.frr import FrrRouter
+from tests.bgp_fabric import SUBNET, open_fabric, peer
+from tests.nslib import sh
+from tests.nslib import wait_for as _wait_for
+
 DEADLINE = 45.0
-
-
-# --------------------------------------------------------------------------- worker
-def _speaker_config(d: dict):
-    from bgp.config import PeerConfig, SpeakerConfig
-    return SpeakerConfig(**{**d, "peers": [PeerConfig(**p) for p in d.get("peers", [])]})
-
-
-def worker_main(argv: list[str]) -> int:
-    import logging
-
-    from bgp.routes import RouteApplier, desired_routes
-    from bgp.speaker import Speaker
-
-    spec = json.loads(argv[0])
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(threadName)s %(message)s")
-    cfg = _speaker_config(spec["cfg"])
-    applier = RouteApplier(proto=PROTO)
-    lock = threading.Lock()
-    holder: dict = {}
-
-    def sync() -> None:
-        with lock:
-            sp = holder.get("speaker")
-            if sp is None or not sp.synced():
-                return
-            plan = desired_routes(sp.learned(), own_prefixes=sp.announced(),
-                                  local_subnets=[SUBNET], local_addresses=[sp.cfg.local_address])
-            result = applier.apply(plan.routes)
-            if result.changed or result.errors:
-                print(f"routes {result}", file=sys.stderr, flush=True)
-
-    def ticker() -> None:  # the agent's periodic resync (graceful restart deadline)
-        while True:
-            time.sleep(0.5)
-            sync()
-
-    speaker = Speaker(cfg, workdir=Path(spec["workdir"]), on_change=sync, restart_delay=0.3)
-    holder["speaker"] = speaker
-    threading.Thread(target=ticker, daemon=True).start()
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd["op"]
-        reply: object = None
-        if op == "start":
-            speaker.start()
-        elif op == "reconfigure":
-            reply = speaker.reconfigure(_speaker_config(cmd["cfg"]))
-        elif op == "announce":
-            speaker.announce(set(cmd["prefixes"]))
-            sync()
-        elif op == "learned":
-            reply = {p: sorted([x.next_hop, x.peer, list(x.as_path), x.originator_id,
-                                list(x.cluster_list)] for x in paths)
-                     for p, paths in speaker.learned().items()}
-        elif op == "peers":
-            reply = [vars(p) for p in speaker.peers()]
-        elif op == "pids":
-            reply = {"exabgp": speaker.exabgp_pid, "restarts": speaker.restarts,
-                     "synced": speaker.synced()}
-        elif op == "detach":
-            speaker.detach()
-            sys.stdout.write(json.dumps({"ok": True}) + "\n")
-            sys.stdout.flush()
-            os._exit(0)
-        elif op == "exit":
-            speaker.stop()
-            sys.stdout.write(json.dumps({"ok": True}) + "\n")
-            sys.stdout.flush()
-            return 0
-        sys.stdout.write(json.dumps({"ok": True, "reply": reply}) + "\n")
-        sys.stdout.flush()
-    speaker.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
-
-
-# --------------------------------------------------------------------------- fixtures
-import pytest  # noqa: E402
-
-from calico_lite.lab.frr import FrrRouter  # noqa: E402
-from tests.nslib import remove_netns_with_prefix, sh, unique_prefix  # noqa: E402
-from tests.nslib import wait_for as _wait_for  # noqa: E402
-
-
-def peer(address: str, asn: int, **kw) -> dict:
-    return {"address": address, "peer_as": asn, "hold_time": kw.pop("hold_time", 9), **kw}
-
-
-@dataclass
-class Node:
-    netns: str
-    address: str
-    asn: int
-    block: str
-    cfg: dict
-    workdir: Path
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    def spawn(self) -> None:
-        spec = {"cfg": self.cfg, "workdir": str(self.workdir)}
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, str(Path(__file__).resolve()),
-             json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
-
-    def call(self, op: str, **kw):
-        assert self.proc is not None and self.proc.poll() is None, f"worker {self.netns} is dead"
-        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"worker {self.netns} gave no answer to {op}; log: {self.log.read_text()[-3000:]}"
-        return json.loads(line).get("reply")
-
-    def routes(self) -> dict[str, tuple[str, ...]]:
-        out = sh("ip", "-j", "route", "show", "proto", str(PROTO), netns=self.netns).stdout
-        routes = {}
-        for r in json.loads(out or "[]"):
-            hops = [r["gateway"]] if "gateway" in r else [h["gateway"] for h in r.get("nexthops", [])]
-            routes[r["dst"]] = tuple(sorted(hops))
-        return routes
-
-    def state(self, address: str) -> str:
-        return next((p["state"] for p in self.call("peers") if p["address"] == address), "")
-
-
-@dataclass
-class Fabric:
-    prefix: str
-    root: Path
-    frr_root: Path
-    nodes: list[Node] = field(default_factory=list)
-    routers: list[FrrRouter] = field(default_factory=list)
-    procs: list[subprocess.Popen] = field(default_factory=list)
-
-    @property
-    def seg(self) -> str:
-        return f"{self.prefix}seg"
-
-    def netns(self, name: str, address: str) -> str:
-        ns = f"{self.prefix}{name}"
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.seg, "link", "add", f"v-{name}", "type", "veth",
-           "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", self.seg, "link", "set", f"v-{name}", "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        return ns
-
-    def frr(self, name: str, address: str, config: str) -> FrrRouter:
-        ns = self.netns(name, address)
-        router = FrrRouter(ns, self.frr_root / name, config)
-        self.routers.append(router)
-        router.start()
-        return router
-
-    def node(self, name: str, address: str, asn: int, block: str, peers: list[dict],
-             start: bool = True, **cfg) -> Node:
-        ns = self.netns(name, address)
-        node = Node(ns, address, asn, block,
-                    {"router_id": address, "local_address": address, "local_as": asn,
-                     "peers": peers, **cfg},
-                    self.root / name / "bgp", self.root / f"{name}.log")
-        node.spawn()
-        self.nodes.append(node)
-        if start:
-            node.call("start")
-            node.call("announce", prefixes=[block])
-        return node
-
-    def teardown(self) -> None:
-        for n in self.nodes:
-            if n.proc is not None and n.proc.poll() is None:
-                try:
-                    n.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                    n.proc.stdin.flush()
-                    n.proc.wait(timeout=15)
-                except (OSError, subprocess.TimeoutExpired):
-                    n.proc.kill()
-                    n.proc.wait()
-        for r in self.routers:
-            r.stop()
-        for p in self.procs:
-            p.kill()
-            p.wait()
-        remove_netns_with_prefix(self.prefix)
 
 
 @pytest.fixture
 def fabric(tmp_path):
-    prefix = unique_prefix("gr")
-    frr_root = Path(tempfile.mkdtemp(prefix=f"{prefix}-frr-"))
-    frr_root.chmod(0o755)
-    fab = Fabric(prefix, tmp_path, frr_root)
-    try:
-        sh("ip", "netns", "add", fab.seg)
-        sh("ip", "-n", fab.seg, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", fab.seg, "link", "set", "br0", "up")
+    with open_fabric(tmp_path, "gr", restart_delay=0.3, tick=True) as fab:
         yield fab
-    finally:
-        fab.teardown()
-        shutil.rmtree(frr_root, ignore_errors=True)
-        leftovers = [l for l in sh("ip", "netns", "list").stdout.splitlines() if l.startswith(prefix)]
-        assert not leftovers, f"namespaces left behind: {leftovers}"
 
 
 def wait_for(check, what: str, timeout: float = DEADLINE, interval: float = 0.05):

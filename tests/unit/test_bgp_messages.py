@@ -4,8 +4,7 @@ import pytest
 from bgp.messages import (Ack, EndOfRib, MessageError, NeighborList, Notification, Other,
                           PeerStateChange, Shutdown, Update, parse_as_path, parse_line)
 from bgp.model import LearnedPath
-from tests.exabgp_lines import ANNOUNCE, DOWN, EOR, HEAD, NEIGH, SHUTDOWN, UP, WITHDRAW  # noqa: F401
-
+from tests.bgp_lines import ANNOUNCE, DOWN, EOR, HEAD, NEIGH, SHUTDOWN, UP, WITHDRAW
 
 
 def test_acks():

@@ -1,6 +1,5 @@
-"""ExaBGP 5.x API lines captured from a real ExaBGP 5.0.15 against FRR 8.4, and the two
-helpers that drive a Speaker with them without a process: shared by the BGP unit tests."""
-from __future__ import annotations
+"""ExaBGP 5.x API lines captured from a real ExaBGP 5.0.15 against FRR 8.4, for the unit
+tests of parsing (bgp.messages) and of the session state machine (bgp.session)."""
 
 HEAD = ('{ "exabgp": "5.0.0", "time": 1795830833.7, "host" : "vm", "pid" : 5632, "ppid" : 5629, '
         '"counter": 1, ')
@@ -18,18 +17,3 @@ WITHDRAW = (HEAD + '"type": "update", ' + NEIGH + ', "direction": "receive", "me
 EOR = (HEAD + '"type": "update", ' + NEIGH + ', "direction": "receive", "message": '
        '{ "eor": { "afi" : "ipv4", "safi" : "unicast" } } } }')
 SHUTDOWN = HEAD + '"type": "notification", "notification": "shutdown" }'
-
-
-def feed(sp, line):
-    with sp._lock:
-        return sp._handle(line)
-
-
-def sent(conn) -> list[str]:
-    conn.setblocking(False)
-    try:
-        data = conn.recv(65536)
-    except BlockingIOError:
-        data = b""
-    conn.setblocking(True)
-    return data.decode().splitlines()
