@@ -17,7 +17,7 @@ CHILD = r'''
 import json
 from bgp.model import LearnedPath, PoolEncap
 from bgp.routes import RouteApplier
-from calico_lite.bgp_cli import format_node_status
+from calico_lite.cli.node import format_node_status
 from calico_lite.routing import RoutingInputs, program_kernel, route_status
 from calico_lite.tunnels import TunnelInputs, TunnelSync
 # 10.99.5.0/24 is configured as the node's subnet but no interface has it: the kernel refuses
