@@ -137,3 +137,19 @@ def run(etcd_endpoints: list[str], kubeconfig: str | None = None,
         threading.Thread(target=informer.run, daemon=True, name=f"kube-sync-{kind.name}").start()
     stop.wait()
     ds.close()
+
+
+def mirror_difference(listing: dict[str, list[dict]], ds: Datastore) -> str:
+    """'' when the datastore holds exactly the records kube-sync makes of a listing of
+    namespaces, pods and networkpolicies (so it has caught up with the API); otherwise the
+    first kind and keys that differ. The lab waits on it before it waits on the agents."""
+    kinds = (("namespaces", keys.K8S_NAMESPACES, namespace_record),
+             ("pods", keys.K8S_PODS, pod_record),
+             ("networkpolicies", keys.K8S_POLICIES, policy_record))
+    for kind, prefix, transform in kinds:
+        want = dict(filter(None, (transform(o) for o in listing[kind])))
+        have = {e.key: e.value for e in ds.list(prefix)}
+        if want != have:
+            wrong = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            return f"{kind} {', '.join(wrong[:5])}"
+    return ""

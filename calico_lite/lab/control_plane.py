@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -219,6 +220,30 @@ def service_account_credentials(paths: KubePaths, cp_netns: str) -> Path:
     (paths.sa_dir / "namespace").write_text(sa["namespace"])
     (paths.sa_dir / "ca.crt").write_bytes((paths.pki / "ca.crt").read_bytes())
     return paths.sa_dir
+
+
+def start_kube_sync(paths: KubePaths, cp_netns: str, record_pid) -> None:
+    """kube-sync as deploy/'s Deployment runs it: the calico-lite service account (RBAC from
+    deploy/calico-lite.yaml), in-cluster style credentials, one process."""
+    sa_dir = service_account_credentials(paths, cp_netns)
+    argv = [sys.executable, "-m", "calico_lite.cli", "kube-sync",
+            "--etcd-endpoints", "http://127.0.0.1:2379",
+            "--service-account-dir", str(sa_dir), "--api-server", API_URL]
+    record_pid(pl.spawn(cp_netns, argv, paths.log("kube-sync"), env={"PYTHONPATH": str(REPO)}))
+
+
+def shell_argv(paths: KubePaths, cp_netns: str, lab: str) -> list[str]:
+    """An interactive shell in the control-plane namespace with KUBECONFIG set and the right
+    kubectl (find_kubectl) first on PATH."""
+    bin_dir = paths.root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    link = bin_dir / "kubectl"
+    link.unlink(missing_ok=True)
+    link.symlink_to(find_kubectl())
+    env = [f"KUBECONFIG={paths.admin_kubeconfig}", f"PATH={bin_dir}:{os.environ.get('PATH', '')}",
+           f"PS1=[lab {lab}] \\w# "]
+    return ["ip", "netns", "exec", cp_netns, "env", *env, os.environ.get("SHELL", "/bin/bash"),
+            "--norc", "-i"]
 
 
 def ssl_context(paths: KubePaths, who: str = "admin") -> ssl.SSLContext:

@@ -12,24 +12,25 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calico_lite import keys
 from calico_lite.datastore import Datastore
 from calico_lite.install import install_cni
 from calico_lite.health import readyz
-from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import control_plane as cp
+from calico_lite.lab import fabric
 from calico_lite.lab import plumbing as pl
-from calico_lite.lab.frr import FrrRouter, render_frr_config
-from calico_lite.lab.plan import (ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan, PlanError,
-                                  make_plan)
+from calico_lite.lab.plan import LabPlan, PlanError, make_plan
 from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import StateStore
-from calico_lite.labels import apply_label_changes
 from plugin.netns import enter, setns
+
+if TYPE_CHECKING:  # the kubernetes client costs ~1 s to import: only where it is used
+    from calico_lite.lab.cluster import LabApi
 
 READY_TIMEOUT = 90.0
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ class Lab:
             self._ds = Datastore(["http://127.0.0.1:2379"])
         return self._ds
 
-    def api(self) -> "LabApi":  # noqa: F821 - imported on first use
+    def api(self) -> LabApi:
         """The lab's Kubernetes API as its admin, from inside its control-plane namespace."""
         if self._api is None:
             from calico_lite.lab.cluster import LabApi  # the client costs ~1 s to import
@@ -136,11 +137,13 @@ class Lab:
                          "encap": encap}
         try:
             t0 = time.monotonic()
-            self._build_fabric(plan)
-            self._start_etcd(plan)
-            self._write_default_pool(plan)
-            self._write_bgp_records(plan)
-            self._start_routers(plan)
+            for ns in plan.infra_netns():
+                self._netns(ns)
+            fabric.build(plan)
+            fabric.start_etcd(plan, self.store)
+            fabric.write_default_pool(plan)
+            fabric.write_bgp_records(plan)
+            fabric.start_routers(plan, self.store)
             log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting "
                 f"{len(plan.nodes)} node agents")
             for node in plan.nodes:
@@ -161,84 +164,6 @@ class Lab:
     def _netns(self, name: str) -> None:
         self.store.add_netns(name)  # recorded first: a crash right after still gets cleaned
         pl.add_netns(name)
-
-    def _build_fabric(self, plan: LabPlan) -> None:
-        for ns in plan.infra_netns():
-            self._netns(ns)
-        cp, spine = plan.cp_netns, plan.spine_netns
-        pl.veth(cp, "eth0", spine, "cp")
-        pl.ip(cp, "addr", "add", f"{ETCD_IP}/24", "dev", "eth0")
-        pl.ip(spine, "addr", "add", f"{SPINE_CP_IP}/24", "dev", "cp")
-        pl.ip(cp, "route", "add", "default", "via", SPINE_CP_IP)
-        pl.sysctl(spine, "net.ipv4.ip_forward", "1")
-        for tor in plan.tors:
-            pl.veth(spine, tor.name, tor.netns, "uplink")
-            pl.ip(spine, "addr", "add", f"{tor.spine_ip}/24", "dev", tor.name)
-            pl.ip(tor.netns, "addr", "add", f"{tor.uplink_ip}/24", "dev", "uplink")
-            pl.ip(spine, "route", "add", tor.subnet, "via", tor.uplink_ip)
-            pl.ip(tor.netns, "route", "add", "default", "via", tor.spine_ip)
-            pl.ip(tor.netns, "link", "add", "br0", "type", "bridge")
-            pl.ip(tor.netns, "link", "set", "br0", "up")
-            pl.ip(tor.netns, "addr", "add", f"{tor.segment_ip}/24", "dev", "br0")
-            pl.sysctl(tor.netns, "net.ipv4.ip_forward", "1")
-        for node in plan.nodes:
-            tor = plan.tors[node.rack - 1]
-            pl.veth(node.netns, "eth0", tor.netns, node.name)
-            pl.ip(tor.netns, "link", "set", node.name, "master", "br0")
-            pl.ip(node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
-            # the default route also lets the node answer proxy ARP for 169.254.1.1
-            pl.ip(node.netns, "route", "add", "default", "via", node.gateway)
-            pl.sysctl(node.netns, "net.ipv4.ip_forward", "1")
-
-    def _start_etcd(self, plan: LabPlan) -> None:
-        d = self.store.dir / "etcd"
-        shutil.rmtree(d, ignore_errors=True)
-        argv = ["etcd", "--name", self.name, "--data-dir", str(d / "data"),
-                "--listen-client-urls", f"http://{ETCD_IP}:2379,http://127.0.0.1:2379",
-                "--advertise-client-urls", f"http://{ETCD_IP}:2379",
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", f"{self.name}=http://127.0.0.1:2380",
-                "--heartbeat-interval", "10", "--election-timeout", "100",
-                "--max-txn-ops", "10000", "--log-level", "warn"]
-        pid = pl.spawn(plan.cp_netns, argv, d / "etcd.log")
-        self.store.add_pid("etcd", pid)
-        deadline = time.monotonic() + 30
-        while not etcd_healthy(plan.cp_netns):
-            if time.monotonic() > deadline or not pl.pid_alive(pid):
-                raise LabError(f"etcd did not become healthy; see {d / 'etcd.log'}")
-            time.sleep(0.1)
-
-    def _write_default_pool(self, plan: LabPlan) -> None:
-        """With --encap, the default pool is written before any agent starts (mode
-        CrossSubnet: plain within a rack, encapsulated across racks)."""
-        if plan.encap == "none":
-            return  # the agents create the plain default pool themselves
-        pool = replace(DEFAULT_POOL, encapsulation=plan.encap, encap_mode="CrossSubnet")
-        etcdctl(plan.cp_netns, "put", keys.pool(pool.name), json.dumps(pool.to_dict(), sort_keys=True))
-
-    def _write_bgp_records(self, plan: LabPlan) -> None:
-        """Global BGP settings, peers and node ASNs, as `calico-lite bgp ...` would write them:
-        the agents take their peers from the datastore (lab.bgp_records says what per mode)."""
-        from calico_lite.lab.bgp_records import bgp_records
-        for key, value in bgp_records(plan).items():
-            etcdctl(plan.cp_netns, "put", key, json.dumps(value, sort_keys=True))
-
-    def _start_routers(self, plan: LabPlan) -> None:
-        spine_conf = render_frr_config(
-            "spine", SPINE_AS, SPINE_CP_IP,
-            neighbors=[(t.uplink_ip, t.asn) for t in plan.tors], hold_time=9, keepalive=3)
-        routers = [("spine", plan.spine_netns, spine_conf)]
-        for t in plan.tors:
-            listen = [(t.subnet, "external")] if plan.bgp == "tor" else []
-            routers.append((t.name, t.netns, render_frr_config(
-                t.name, t.asn, t.uplink_ip, neighbors=[(t.spine_ip, SPINE_AS)],
-                listen_ranges=listen, hold_time=9, keepalive=3)))
-        for name, ns, conf in routers:
-            r = FrrRouter(ns, self.store.dir / "frr" / name, conf)
-            r.start()
-            for daemon, pid in r.pids().items():
-                self.store.add_pid(f"frr:{name}:{daemon}", pid)
 
     def _start_agent(self, plan: LabPlan, node) -> None:
         paths = self.node_paths(node.name)
@@ -265,14 +190,7 @@ class Lab:
         cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid))
 
     def _start_kube_sync(self, plan: LabPlan) -> None:
-        """kube-sync as deploy/'s Deployment runs it: the calico-lite service account (RBAC
-        from deploy/calico-lite.yaml), in-cluster style credentials, one process."""
-        sa_dir = cp.service_account_credentials(self.kube, plan.cp_netns)
-        argv = [sys.executable, "-m", "calico_lite.cli", "kube-sync",
-                "--etcd-endpoints", "http://127.0.0.1:2379",
-                "--service-account-dir", str(sa_dir), "--api-server", cp.API_URL]
-        pid = pl.spawn(plan.cp_netns, argv, self.kube.log("kube-sync"), env={"PYTHONPATH": str(REPO)})
-        self.store.add_pid("kube-sync", pid)
+        cp.start_kube_sync(self.kube, plan.cp_netns, lambda pid: self.store.add_pid("kube-sync", pid))
 
     def stop_kube_sync(self) -> None:
         """For benches that write the datastore directly (etcd mode): kube-sync's resync would
@@ -303,17 +221,7 @@ class Lab:
         return cp.kubectl_argv(self.kube, self.plan.cp_netns, args)
 
     def shell_argv(self) -> list[str]:
-        """An interactive shell in the control-plane namespace with KUBECONFIG set and the
-        right kubectl first on PATH (lab.control_plane.find_kubectl)."""
-        bin_dir = self.kube.root / "bin"
-        bin_dir.mkdir(exist_ok=True)
-        link = bin_dir / "kubectl"
-        link.unlink(missing_ok=True)
-        link.symlink_to(cp.find_kubectl())
-        env = [f"KUBECONFIG={self.kube.admin_kubeconfig}", f"PATH={bin_dir}:{os.environ.get('PATH', '')}",
-               f"PS1=[lab {self.name}] \\w# "]
-        return ["ip", "netns", "exec", self.plan.cp_netns, "env", *env,
-                os.environ.get("SHELL", "/bin/bash"), "--norc", "-i"]
+        return cp.shell_argv(self.kube, self.plan.cp_netns, self.name)
 
     def _spawn_agent(self, name: str) -> int:
         node, paths = self.plan.node(name), self.node_paths(name)
@@ -412,9 +320,9 @@ class Lab:
         """Until kube-sync has brought the API's namespaces, pods and policies as of now into
         the datastore: the records it should have written (its own pure transforms of a fresh
         listing) are the ones there."""
-        from calico_lite import kube_sync
+        from calico_lite.kube_sync import mirror_difference
         deadline = time.monotonic() + timeout
-        while diff := mirror_difference(self.api().listing(), self.datastore(), kube_sync):
+        while diff := mirror_difference(self.api().listing(), self.datastore()):
             if time.monotonic() > deadline:
                 raise LabError(f"kube-sync has not mirrored the API after {timeout:.0f}s: {diff} "
                                f"(see {self.kube.log('kube-sync')})")
@@ -531,37 +439,6 @@ class Lab:
                       "kubectl": cp.find_kubectl()}
         return {"name": self.name, "bgp_mode": plan.bgp, "encap": plan.encap, "nodes": nodes,
                 "etcd": etcd, "kubernetes": kubernetes, "pods": pods}
-
-
-def mirror_difference(listing: dict[str, list[dict]], ds: Datastore, kube_sync) -> str:
-    """'' when the datastore holds exactly the records kube-sync makes of listing; otherwise
-    the first kind and keys that differ."""
-    kinds = (("namespaces", keys.K8S_NAMESPACES, kube_sync.namespace_record),
-             ("pods", keys.K8S_PODS, kube_sync.pod_record),
-             ("networkpolicies", keys.K8S_POLICIES, kube_sync.policy_record))
-    for kind, prefix, transform in kinds:
-        want = dict(filter(None, (transform(o) for o in listing[kind])))
-        have = {e.key: e.value for e in ds.list(prefix)}
-        if want != have:
-            wrong = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            return f"{kind} {', '.join(wrong[:5])}"
-    return ""
-
-
-def etcdctl(cp_netns: str, *args: str) -> str:
-    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
-                        "http://127.0.0.1:2379", *args],
-                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
-    if p.returncode != 0:
-        raise LabError(f"etcdctl {' '.join(args[:2])} failed: {p.stderr.strip()}")
-    return p.stdout
-
-
-def etcd_healthy(cp_netns: str) -> bool:
-    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
-                        "http://127.0.0.1:2379", "--dial-timeout", "1s", "endpoint", "health"],
-                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
-    return p.returncode == 0
 
 
 __all__ = ["Lab", "LabError", "PlanError"]

@@ -1,0 +1,119 @@
+"""The lab's fabric, made at `lab up`: veths, addresses and static routes between the
+control plane, the spine, the ToRs and the nodes; etcd; the default pool and BGP records; the
+FRR routers. Every command names its namespace (`ip -n NS`), so nothing lands in the
+machine's own namespace; every process is recorded in the lab's state as it starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+
+from calico_lite import keys
+from calico_lite.ipam import DEFAULT_POOL
+from calico_lite.lab import plumbing as pl
+from calico_lite.lab.frr import FrrRouter, render_frr_config
+from calico_lite.lab.plan import ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan
+from calico_lite.lab.state import StateStore
+
+
+class FabricError(RuntimeError):
+    pass
+
+
+def build(plan: LabPlan) -> None:
+    """Links, addresses and static routes of the fabric, in the lab's namespaces (made by
+    the caller, who records them first)."""
+    cp, spine = plan.cp_netns, plan.spine_netns
+    pl.veth(cp, "eth0", spine, "cp")
+    pl.ip(cp, "addr", "add", f"{ETCD_IP}/24", "dev", "eth0")
+    pl.ip(spine, "addr", "add", f"{SPINE_CP_IP}/24", "dev", "cp")
+    pl.ip(cp, "route", "add", "default", "via", SPINE_CP_IP)
+    pl.sysctl(spine, "net.ipv4.ip_forward", "1")
+    for tor in plan.tors:
+        pl.veth(spine, tor.name, tor.netns, "uplink")
+        pl.ip(spine, "addr", "add", f"{tor.spine_ip}/24", "dev", tor.name)
+        pl.ip(tor.netns, "addr", "add", f"{tor.uplink_ip}/24", "dev", "uplink")
+        pl.ip(spine, "route", "add", tor.subnet, "via", tor.uplink_ip)
+        pl.ip(tor.netns, "route", "add", "default", "via", tor.spine_ip)
+        pl.ip(tor.netns, "link", "add", "br0", "type", "bridge")
+        pl.ip(tor.netns, "link", "set", "br0", "up")
+        pl.ip(tor.netns, "addr", "add", f"{tor.segment_ip}/24", "dev", "br0")
+        pl.sysctl(tor.netns, "net.ipv4.ip_forward", "1")
+    for node in plan.nodes:
+        tor = plan.tors[node.rack - 1]
+        pl.veth(node.netns, "eth0", tor.netns, node.name)
+        pl.ip(tor.netns, "link", "set", node.name, "master", "br0")
+        pl.ip(node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
+        # the default route also lets the node answer proxy ARP for 169.254.1.1
+        pl.ip(node.netns, "route", "add", "default", "via", node.gateway)
+        pl.sysctl(node.netns, "net.ipv4.ip_forward", "1")
+
+def start_etcd(plan: LabPlan, store: StateStore) -> None:
+    d = store.dir / "etcd"
+    shutil.rmtree(d, ignore_errors=True)
+    argv = ["etcd", "--name", plan.name, "--data-dir", str(d / "data"),
+            "--listen-client-urls", f"http://{ETCD_IP}:2379,http://127.0.0.1:2379",
+            "--advertise-client-urls", f"http://{ETCD_IP}:2379",
+            "--listen-peer-urls", "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+            "--initial-cluster", f"{plan.name}=http://127.0.0.1:2380",
+            "--heartbeat-interval", "10", "--election-timeout", "100",
+            "--max-txn-ops", "10000", "--log-level", "warn"]
+    pid = pl.spawn(plan.cp_netns, argv, d / "etcd.log")
+    store.add_pid("etcd", pid)
+    deadline = time.monotonic() + 30
+    while not etcd_healthy(plan.cp_netns):
+        if time.monotonic() > deadline or not pl.pid_alive(pid):
+            raise FabricError(f"etcd did not become healthy; see {d / 'etcd.log'}")
+        time.sleep(0.1)
+
+def write_default_pool(plan: LabPlan) -> None:
+    """With --encap, the default pool is written before any agent starts (mode
+    CrossSubnet: plain within a rack, encapsulated across racks)."""
+    if plan.encap == "none":
+        return  # the agents create the plain default pool themselves
+    pool = replace(DEFAULT_POOL, encapsulation=plan.encap, encap_mode="CrossSubnet")
+    etcdctl(plan.cp_netns, "put", keys.pool(pool.name), json.dumps(pool.to_dict(), sort_keys=True))
+
+def write_bgp_records(plan: LabPlan) -> None:
+    """Global BGP settings, peers and node ASNs, as `calico-lite bgp ...` would write them:
+    the agents take their peers from the datastore (lab.bgp_records says what per mode)."""
+    from calico_lite.lab.bgp_records import bgp_records
+    for key, value in bgp_records(plan).items():
+        etcdctl(plan.cp_netns, "put", key, json.dumps(value, sort_keys=True))
+
+def start_routers(plan: LabPlan, store: StateStore) -> None:
+    spine_conf = render_frr_config(
+        "spine", SPINE_AS, SPINE_CP_IP,
+        neighbors=[(t.uplink_ip, t.asn) for t in plan.tors], hold_time=9, keepalive=3)
+    routers = [("spine", plan.spine_netns, spine_conf)]
+    for t in plan.tors:
+        listen = [(t.subnet, "external")] if plan.bgp == "tor" else []
+        routers.append((t.name, t.netns, render_frr_config(
+            t.name, t.asn, t.uplink_ip, neighbors=[(t.spine_ip, SPINE_AS)],
+            listen_ranges=listen, hold_time=9, keepalive=3)))
+    for name, ns, conf in routers:
+        r = FrrRouter(ns, store.dir / "frr" / name, conf)
+        r.start()
+        for daemon, pid in r.pids().items():
+            store.add_pid(f"frr:{name}:{daemon}", pid)
+
+
+def etcdctl(cp_netns: str, *args: str) -> str:
+    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
+                        "http://127.0.0.1:2379", *args],
+                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+    if p.returncode != 0:
+        raise FabricError(f"etcdctl {' '.join(args[:2])} failed: {p.stderr.strip()}")
+    return p.stdout
+
+
+def etcd_healthy(cp_netns: str) -> bool:
+    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
+                        "http://127.0.0.1:2379", "--dial-timeout", "1s", "endpoint", "health"],
+                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+    return p.returncode == 0
