@@ -17,8 +17,7 @@ from calico_lite.policy_sync import PolicyController
 from policy.compiler import compile_ruleset
 from policy.manifests import policy_to_dict
 from policy.model import LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, Pod
-from tests.integration.test_policy_incremental import Node, assert_equal_tables
-from tests.nslib import remove_netns_with_prefix, sh, unique_prefix
+from tests.nft_node import assert_equal_tables, nft_nodes
 from tests.policy_events import NODE_IP, events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and nftables")
@@ -27,17 +26,8 @@ NODE = "n1"
 
 @pytest.fixture(scope="module")
 def netns_nodes():
-    prefix = unique_prefix("pct")
-    made: list[Node] = []
-    try:
-        for name in ("ctl", "full"):
-            sh("ip", "netns", "add", f"{prefix}{name}")
-            made.append(Node(f"{prefix}{name}"))
+    with nft_nodes("pct", ("ctl", "full")) as made:
         yield made
-    finally:
-        for n in made:
-            n.worker.shutdown(wait=True)
-        remove_netns_with_prefix(prefix)
 
 
 @pytest.fixture(scope="module")

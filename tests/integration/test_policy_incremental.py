@@ -9,7 +9,6 @@ incremental path (mode "update"), since they now only add or delete named sets a
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 
@@ -21,8 +20,8 @@ from policy.compiler import compile_ruleset
 from policy.manifests import parse_manifests
 from policy.model import ContainerPort, Namespace, NetworkPolicy, Pod
 from policy.ruleset import Ruleset
-from tests.nslib import remove_netns_with_prefix, sh, unique_prefix
-from tests.nft_node import NftNode
+from tests.nslib import sh
+from tests.nft_node import assert_equal_tables, nft_nodes
 from tests.policy_events import Replay, events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and nftables")
@@ -86,54 +85,10 @@ ingress:
 }
 
 
-class Node(NftNode):
-    def table(self) -> dict:
-        return normalized(sh("nft", "-j", "list", "table", "inet", "calico-lite", netns=self.netns).stdout)
-
-
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k != "handle"}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def normalized(listing: str) -> dict:
-    """The table as comparable data: no handles, objects by name, elements sorted, rules in order."""
-    out: dict = {"table": None, "set": {}, "map": {}, "chain": {}, "rule": {}}
-    for item in json.loads(listing)["nftables"]:
-        ((kind, body),) = item.items()
-        if kind == "metainfo":
-            continue
-        body = _strip(body)
-        if kind == "table":
-            out["table"] = body
-        elif kind in ("set", "map"):
-            elems = sorted(json.dumps(e, sort_keys=True) for e in body.pop("elem", []))
-            out[kind][body["name"]] = {**body, "elem": elems}
-        elif kind == "chain":
-            out["chain"][body["name"]] = body
-        elif kind == "rule":
-            out["rule"].setdefault(body["chain"], []).append(body)
-        else:
-            raise AssertionError(f"unexpected object in our table: {kind}")
-    return out
-
-
 @pytest.fixture(scope="module")
 def nodes():
-    prefix = unique_prefix("pin")
-    made: list[Node] = []
-    try:
-        for name in ("inc", "full"):
-            sh("ip", "netns", "add", f"{prefix}{name}")
-            made.append(Node(f"{prefix}{name}"))
+    with nft_nodes("pin", ("inc", "full")) as made:
         yield made
-    finally:
-        for n in made:
-            n.worker.shutdown(wait=True)
-        remove_netns_with_prefix(prefix)
 
 
 @pytest.fixture
@@ -202,14 +157,6 @@ def step(world: World, rnd: random.Random) -> str:
     else:
         return "skip"
     return kind
-
-
-def assert_equal_tables(inc: Node, full: Node, context: str) -> None:
-    a, b = inc.table(), full.table()
-    if a != b:
-        diff = {k: (sorted(set(a[k]) ^ set(b[k])) if isinstance(a[k], dict) else "differs")
-                for k in a if a[k] != b[k]}
-        raise AssertionError(f"incremental table differs from a full sync after {context}: {diff}")
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 23, 39])
