@@ -112,10 +112,16 @@ class KubeCluster:
         shutil.copy(self.paths.pki / "ca.crt", d / "ca.crt")
         (d / "namespace").write_text(sa["namespace"])
 
+    def _api_port_free(self) -> bool:
+        out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-Hltn", "sport", "=", ":6443"],
+                             capture_output=True, text=True).stdout
+        return not out.strip()
+
     def restart_apiserver(self, between=lambda: None) -> None:
         """Kill the API server, call between(), start it again; returns once it is ready."""
         pl.kill_pids([self.pids["kube-apiserver"]], grace=0.0)
         wait_for(lambda: not pl.pid_alive(self.pids["kube-apiserver"]), "kube-apiserver gone")
+        wait_for(self._api_port_free, "port 6443 released")  # else the new one cannot bind
         between()
         pid = pl.spawn(self.ns, cp.apiserver_argv(self.paths), self.paths.log("kube-apiserver"))
         self.pids["kube-apiserver"] = pid
