@@ -9,7 +9,6 @@ already be inside the lab's control-plane namespace (Lab.api() sees to it).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -32,28 +31,20 @@ def api_error(e: ApiException) -> str:
         return str(e.reason)
 
 
-@dataclass(frozen=True)
-class PodPort:
-    protocol: str   # TCP | UDP | SCTP
-    port: int
-    name: str = ""
-
-
 def container_ports(served: list[tuple[str, int]], named: list[dict]) -> list[dict]:
     """--serve tcp:80 and --port http:tcp:80 as one containerPorts list (pure): a named port
-    on the same protocol and number as a served one names it instead of repeating it."""
-    ports: dict[tuple[str, int], dict] = {}
-    for proto, num in served:
-        ports.setdefault((proto.upper(), num), {"containerPort": num, "protocol": proto.upper()})
+    names the unnamed entry of the same protocol and number, or is declared on its own."""
+    ports = [{"containerPort": num, "protocol": proto.upper()}
+             for proto, num in dict.fromkeys((p.upper(), n) for p, n in served)]
     for p in named:
-        key = (p["protocol"].upper(), int(p["port"]))
-        entry = ports.setdefault(key, {"containerPort": key[1], "protocol": key[0]})
-        if "name" in entry:  # a second name for the same port: declared separately
-            ports[(key[0], key[1], p["name"])] = {"name": p["name"], "containerPort": key[1],  # type: ignore[index]
-                                                   "protocol": key[0]}
+        proto, num = p["protocol"].upper(), int(p["port"])
+        unnamed = next((e for e in ports if (e["protocol"], e["containerPort"]) == (proto, num)
+                        and "name" not in e), None)
+        if unnamed is None:
+            ports.append({"name": p["name"], "containerPort": num, "protocol": proto})
         else:
-            entry["name"] = p["name"]
-    return list(ports.values())
+            unnamed["name"] = p["name"]
+    return ports
 
 
 def pod_manifest(namespace: str, name: str, node: str, labels: dict[str, str],
