@@ -98,14 +98,19 @@ class NodeBgp:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def merge_nodes(registered: Mapping[str, Mapping], settings: Mapping[str, Mapping]) -> dict[str, NodeBgp]:
+def merge_nodes(registered: Mapping[str, Mapping], settings: Mapping[str, Mapping],
+                kube_nodes: Mapping[str, Mapping] | None = None) -> dict[str, NodeBgp]:
     """Node records (keys.NODES, written by agents) + BGP node settings (keys.BGP_NODES, written
-    by `calico-lite node set`) -> name -> NodeBgp. Settings win; labels are merged."""
+    by `calico-lite node set`) + the Kubernetes Nodes (keys.K8S_NODES, mirrored by kube-sync)
+    -> name -> NodeBgp. Settings win; labels are merged: the Kubernetes Node's, then the
+    agent's `--label`s, then `node set --label`s (so `rack == "rack1"` selects the nodes an
+    operator labelled in Kubernetes, as Calico's node selectors do)."""
     out: dict[str, NodeBgp] = {}
     for key, reg in registered.items():
         name = reg.get("name") or key.rsplit("/", 1)[-1]
         st = settings.get(keys.bgp_node(name), {})
-        labels = {**reg.get("labels", {}), **st.get("labels", {})}
+        kube = (kube_nodes or {}).get(keys.k8s_node(name), {})
+        labels = {**kube.get("labels", {}), **reg.get("labels", {}), **st.get("labels", {})}
         asn = st.get("asNumber")
         out[name] = NodeBgp(name=name, address=reg.get("address", ""),
                             as_number=int(asn) if asn else None,

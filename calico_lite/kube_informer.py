@@ -50,6 +50,7 @@ class KindStatus:
     lists: int = 0
     gone: int = 0            # 410 Gone answered with a relist
     resyncs: int = 0
+    errors: int = 0
     updated: float = field(default_factory=time.time)
 
 
@@ -70,6 +71,7 @@ class Informer:
         self.rv: str | None = None
         self.status = KindStatus(kind.name)
         self._published = 0.0
+        self.beat: Callable[[], None] = lambda: None   # liveness: every event, list, resync, error
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -105,6 +107,7 @@ class Informer:
         log.warning(json.dumps({"event": "kube-sync-error", "kind": self.kind.name,
                                 "error": error[:500]}))
         self.status.synced, self.status.error, self.status.error_at = False, error[:500], time.time()
+        self.status.errors += 1
         self.publish(force=True)
 
     # --- list, watch, resync -------------------------------------------------------------
@@ -197,6 +200,7 @@ class Informer:
             return (key, previous[key]) if key in previous else None
 
     def publish(self, force: bool = False) -> None:
+        self.beat()
         now = time.time()
         if not force and now - self._published < STATUS_EVERY:
             return

@@ -63,11 +63,11 @@ def policy_record(obj: dict) -> tuple[str, dict]:
 
 
 def node_record(obj: dict) -> tuple[str, dict]:
-    """The agents need nothing from the Node (they write their own node records); this record
-    is kube-sync's memory of the Nodes it has seen, so a Node deleted while kube-sync was down
-    shows up at the next list as a key the API no longer has, and its IPAM is released."""
+    """A Node's labels, which BGP peer selectors match (bgpconfig.merge_nodes); the record is
+    also kube-sync's memory of the Nodes it has seen, so a Node deleted while kube-sync was
+    down shows up at the next list as a key the API no longer has, and its IPAM is released."""
     name = obj["metadata"]["name"]
-    return keys.k8s_node(name), {"name": name}
+    return keys.k8s_node(name), {"name": name, "labels": obj["metadata"].get("labels") or {}}
 
 
 def node_deleted(ds: Datastore, key: str) -> None:
@@ -120,10 +120,54 @@ def api_client(kubeconfig: str | None = None, service_account_dir: str | None = 
     return kubernetes.client.ApiClient(cfg)
 
 
+class InformerCollector:
+    """kube-sync's metrics, read from its informers' own status when scraped (nothing kept
+    twice): objects mirrored, lists, 410 relists, resyncs and errors per kind."""
+
+    def __init__(self, informers: list[Informer]):
+        self.informers = informers
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        objects = GaugeMetricFamily("calico_lite_kube_sync_objects", "objects mirrored", labels=["kind"])
+        synced = GaugeMetricFamily("calico_lite_kube_sync_synced", "1 when the kind is listed and "
+                                   "watched without error", labels=["kind"])
+        counters = {f: CounterMetricFamily(f"calico_lite_kube_sync_{f}", f"{f} per kind", labels=["kind"])
+                    for f in ("lists", "gone", "resyncs", "errors")}
+        for inf in self.informers:
+            st = inf.status
+            objects.add_metric([st.kind], st.objects)
+            synced.add_metric([st.kind], 1 if st.synced else 0)
+            for f, fam in counters.items():
+                fam.add_metric([st.kind], getattr(st, f))
+        yield from (objects, synced, *counters.values())
+
+
+def serve_kube_sync_health(listen: str, informers: list[Informer], ds: Datastore,
+                           liveness_timeout: float):
+    """/healthz: every informer went round within liveness_timeout (a watch ends, at the
+    latest, after the resync period); /readyz: every kind listed and etcd reachable;
+    /metrics: InformerCollector."""
+    from prometheus_client import CollectorRegistry
+    from calico_lite.health import Check, Heartbeats, serve_health
+    beats = Heartbeats(liveness_timeout)
+    for inf in informers:
+        inf.beat = beats.beater(inf.kind.name)
+        inf.beat()
+    registry = CollectorRegistry()
+    registry.register(InformerCollector(informers))
+    checks = [Check(inf.kind.name, lambda s=inf.status: "" if s.synced else (s.error or "not listed yet"))
+              for inf in informers]
+    checks.append(Check("datastore", lambda: "" if ds.healthy() else "etcd unreachable"))
+    return serve_health(listen, registry, checks, beats)
+
+
 def run(etcd_endpoints: list[str], kubeconfig: str | None = None,
         service_account_dir: str | None = None, api_server: str | None = None,
-        resync_seconds: float = RESYNC_SECONDS, stop: threading.Event | None = None) -> None:
+        resync_seconds: float = RESYNC_SECONDS, stop: threading.Event | None = None,
+        health_listen: str = "off") -> None:
     """kube-sync's process: one informer thread per kind until stop is set (or SIGTERM)."""
+    from calico_lite.health import parse_listen
     client = api_client(kubeconfig, service_account_dir, api_server)
     ds = Datastore(etcd_endpoints)
     stop = stop or threading.Event()
@@ -131,11 +175,15 @@ def run(etcd_endpoints: list[str], kubeconfig: str | None = None,
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log.info(json.dumps({"event": "kube-sync-start", "server": client.configuration.host,
                          "etcd": etcd_endpoints}))
-    for kind, api, method in KINDS:
-        list_fn = getattr(getattr(kubernetes.client, api)(client), method)
-        informer = Informer(kind, list_fn, ds, stop, resync_seconds)
-        threading.Thread(target=informer.run, daemon=True, name=f"kube-sync-{kind.name}").start()
+    informers = [Informer(kind, getattr(getattr(kubernetes.client, api)(client), method), ds, stop,
+                          resync_seconds) for kind, api, method in KINDS]
+    health = (serve_kube_sync_health(health_listen, informers, ds, max(90.0, resync_seconds + 60))
+              if parse_listen(health_listen) else None)
+    for informer in informers:
+        threading.Thread(target=informer.run, daemon=True, name=f"kube-sync-{informer.kind.name}").start()
     stop.wait()
+    if health:
+        health.close()
     ds.close()
 
 

@@ -27,7 +27,7 @@ from calico_lite.tunnels import TunnelInputs, TunnelState, TunnelSync
 log = logging.getLogger("calico-lite.routing")
 RESYNC_SECONDS = 5.0
 # what routing is computed from; pod churn (workloads, k8s records) must not wake it
-INPUTS = (keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.POOLS, keys.ROOT + "bgp/")
+INPUTS = (keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.POOLS, keys.ROOT + "bgp/", keys.K8S_NODES)
 
 
 def own_prefixes(affinities: dict[str, dict], handles: dict[str, dict], node: str) -> set[str]:
@@ -150,7 +150,8 @@ class RoutingController:
         glob = self.cache.get(keys.BGP_CONFIG)
         peers, problems = peers_from(self.cache.items(keys.BGP_PEERS))
         cfg, more = node_speaker_config(
-            self.node, merge_nodes(self.cache.items(keys.NODES), self.cache.items(keys.BGP_NODES)),
+            self.node, merge_nodes(self.cache.items(keys.NODES), self.cache.items(keys.BGP_NODES),
+                                   self.cache.items(keys.K8S_NODES)),
             BgpGlobal.from_dict(glob) if glob is not None else None, peers,
             secrets_from(self.cache.items(keys.BGP_SECRETS)),
             local_address=st.local_address, default_as=st.local_as, default_router_id=st.router_id,

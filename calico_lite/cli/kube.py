@@ -22,13 +22,17 @@ COMMANDS = Group()
     arg("--api-server", help="API server URL (default https://$KUBERNETES_SERVICE_HOST:PORT)"),
     arg("--resync-seconds", type=float, default=300.0,
         help="how often each kind is compared with the datastore"),
+    arg("--health-listen", default="off", metavar="HOST:PORT|off",
+        help="node-local address of /healthz, /readyz and /metrics (the Deployment uses "
+             "127.0.0.1:9098)"),
     help="mirror Kubernetes namespaces, pods, policies, nodes into etcd")
 def cmd_kube_sync(args) -> int:  # pragma: no cover - a long-running process (tests/integration/test_kube_sync.py)
     from calico_lite.kube_sync import run
     log_to_stderr()
     eps = getattr(args, "etcd_endpoints", None) or os.environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD)
     run(eps.split(","), kubeconfig=args.kubeconfig, service_account_dir=args.service_account_dir,
-        api_server=args.api_server, resync_seconds=args.resync_seconds)
+        api_server=args.api_server, resync_seconds=args.resync_seconds,
+        health_listen=args.health_listen)
     return 0
 
 

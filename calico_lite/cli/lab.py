@@ -65,13 +65,13 @@ def format_lab_status(s: dict) -> str:
     k = s["kubernetes"]
     lines = [f"lab {s['name']} (bgp {s['bgp_mode']}), etcd {s['etcd']}, kubernetes {k['version']} "
              f"(apiserver {k['apiserver']}, kube-sync {k['kube_sync']})", ""]
-    widths = (8, 6, 12, 8, 8, 6)
-    lines.append(row(("NODE", "RACK", "ADDRESS", "AGENT", "KUBELET", "READY", "BGP"), widths))
+    widths = (8, 6, 12, 8, 22, 8, 6)
+    lines.append(row(("NODE", "RACK", "ADDRESS", "AGENT", "AGENT POD", "KUBELET", "READY", "BGP"), widths))
     for n in s["nodes"]:
         bgp = ", ".join(f"{b['peer']} {b['state']}" for b in n["bgp"]) or "-"
         ready = "yes" if n["ready"] else "no"
-        lines.append(row((n["name"], n["rack"], n["address"], n["agent"], n["kubelet"], ready, bgp),
-                         widths))
+        lines.append(row((n["name"], n["rack"], n["address"], n["agent"], n.get("agent_pod") or "-",
+                          n["kubelet"], ready, bgp), widths))
         lines += [f"         not ready: {check}: {why}" for check, why in n["unready"].items()]
         lines += [f"         note: {note}" for note in n.get("notes", [])]
     lines.append("")
@@ -201,7 +201,8 @@ def cmd_lab_probe(args) -> int:
 NODE = LAB.group("node", "restart, stop or start a node's agent", dest="nsub")
 
 
-@NODE.command("restart", arg("node"), help="SIGTERM the agent and start it again with the same argv")
+@NODE.command("restart", arg("node"), help="SIGTERM the agent; its node component starts the "
+                                            "container again (the new agent adopts ExaBGP)")
 def cmd_lab_node_restart(args) -> int:
     lab = _lab(args)
     pid = lab.node_restart(args.node)
@@ -213,7 +214,8 @@ def cmd_lab_node_restart(args) -> int:
               arg("--how", choices=["detach", "withdraw", "kill"], default="withdraw",
                   help="detach: leave ExaBGP up; withdraw: stop it too (peers withdraw "
                        "at once); kill: SIGKILL both (a crashed node)"),
-              help="stop the agent (and ExaBGP with --how withdraw|kill)")
+              help="stop the agent (and ExaBGP with --how withdraw|kill) and hold it stopped "
+                   "(the node component does not restart it until `lab node start`)")
 def cmd_lab_node_stop(args) -> int:
     _lab(args).node_stop(args.node, args.how)
     print(f"agent of {args.node} stopped ({args.how})")
@@ -223,7 +225,7 @@ def cmd_lab_node_stop(args) -> int:
 @NODE.command("start", arg("node"),
               arg("--component", choices=["agent", "kubelet"], default="agent",
                   help="the calico-lite agent, or the node component (the lab's kubelet)"),
-              help="start a stopped agent (or node component) again")
+              help="lift the hold on a stopped agent (or start the node component) again")
 def cmd_lab_node_start(args) -> int:
     pid = _lab(args).node_start(args.node, args.component)
     print(f"{args.component} of {args.node} started (pid {pid})")

@@ -167,3 +167,34 @@ def cmd_node_set(args) -> int:
     ds.put(keys.bgp_node(args.node), d)
     print(f"node {args.node}: {json.dumps({k: v for k, v in d.items() if k != 'name'}, sort_keys=True)}")
     return 0
+
+
+# --- node cleanup ----------------------------------------------------------------------
+@NODE.command(
+    "cleanup",
+    arg("--run-dir", default="/var/run/calico-lite"),
+    arg("--cni-bin-dir", default="/opt/cni/bin"),
+    arg("--cni-conf-dir", default="/etc/cni/net.d"),
+    arg("--check", action="store_true", help="remove nothing: list what is left (exit 1 if any)"),
+    arg("--then-wait", action="store_true",
+        help="after a clean result, wait until SIGTERM (deploy/cleanup/'s DaemonSet: a pod is "
+             "Ready only on a node found clean)"),
+    help="remove what calico-lite leaves on a node after `kubectl delete -f deploy/`")
+def cmd_node_cleanup(args) -> int:
+    import signal
+    from calico_lite.cleanup import NodeFiles, cleanup, leftovers
+    files = NodeFiles(Path(args.run_dir), Path(args.cni_bin_dir), Path(args.cni_conf_dir))
+    if not args.check:
+        for line in cleanup(files):
+            print(line, flush=True)
+    left = leftovers(files)
+    for line in left:
+        print(f"left: {line}", flush=True)
+    if left:
+        return 1
+    print("node clean", flush=True)
+    if args.then_wait:
+        stop = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        signal.sigwait(stop)
+    return 0

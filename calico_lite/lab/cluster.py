@@ -69,6 +69,21 @@ class LabApi:
     def as_dict(self, obj) -> dict:
         return self.api_client.sanitize_for_serialization(obj)
 
+    # --- calico-lite's own workloads (lab.manifests) ---------------------------------------
+    def workload(self, kind: str, namespace: str, name: str) -> dict:
+        """A DaemonSet or Deployment as a dict ({} with no status while it does not exist)."""
+        apps = client.AppsV1Api(self.api_client)
+        read = apps.read_namespaced_daemon_set if kind == "DaemonSet" else apps.read_namespaced_deployment
+        try:
+            return {"kind": kind, **self.as_dict(read(name, namespace))}
+        except ApiException as e:
+            if e.status != 404:
+                raise ClusterError(f"{kind} {namespace}/{name}: {api_error(e)}") from None
+            return {"kind": kind, "metadata": {"name": name, "generation": 1}, "spec": {}, "status": {}}
+
+    def pods_of(self, namespace: str, selector: str) -> list[dict]:
+        return self.as_dict(self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
+
     # --- namespaces ----------------------------------------------------------------------
     def ns_add(self, namespace: str, labels: dict[str, str], exist_ok: bool = False) -> None:
         try:

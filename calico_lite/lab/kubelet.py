@@ -30,7 +30,10 @@ from kubernetes.client.exceptions import ApiException
 
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab import runtime
+from calico_lite.lab.hostpods import HostPods, NodeSide
+from calico_lite.lab.podspec import host_path
 from calico_lite.lab.control_plane import KUBE_VERSION, KubePaths
+from calico_lite.lab.plan import SERVICE_IP
 from calico_lite.lab.probe import probe_from
 from calico_lite.lab.state import StateStore, run_dir
 
@@ -59,6 +62,16 @@ class Sandbox:
     container_id: str
     netns: str
     ip: str = ""
+
+
+def service_env(service_ip: str, port: int = 443) -> dict[str, str]:
+    """The `kubernetes` Service's variables a kubelet gives every container."""
+    url = f"tcp://{service_ip}:{port}"
+    return {"KUBERNETES_SERVICE_HOST": service_ip, "KUBERNETES_SERVICE_PORT": str(port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(port), "KUBERNETES_PORT": url,
+            f"KUBERNETES_PORT_{port}_TCP": url, f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+            f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
+            f"KUBERNETES_PORT_{port}_TCP_ADDR": service_ip}
 
 
 def served_ports(pod: dict) -> list[str]:
@@ -104,13 +117,27 @@ class NodeComponent:
         self.core = client.CoreV1Api(self.api_client)
         self.coord = client.CoordinationV1Api(self.api_client)
         self.lock = threading.Lock()
+        self.bin_dir = host_path(self.root, "/opt/cni/bin")
+        self.conf_dir = host_path(self.root, "/etc/cni/net.d")
+        self.host_pods = HostPods(NodeSide(node, self.node_plan.address, self.root, self.store,
+                                           self.core, service_env(SERVICE_IP)))
+        self.network_ready = False
 
     # --- the Node and its Lease ----------------------------------------------------------
+    def cni_installed(self) -> bool:
+        """The kubelet's network readiness: a CNI config in the node's conf dir."""
+        return any(self.conf_dir.glob("*.conflist"))
+
     def node_object(self) -> dict:
         n = self.node_plan
         ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
                  "message": "calico-lite lab node component is posting ready status",
                  "lastHeartbeatTime": now(), "lastTransitionTime": now()}
+        if not self.network_ready:   # as a kubelet says until the CNI plugin is installed
+            ready.update(status="False", reason="KubeletNotReady",
+                         message="container runtime network not ready: NetworkReady=false "
+                                 "reason:NetworkPluginNotReady message:Network plugin returns "
+                                 "error: cni plugin not initialized")
         resources = {"cpu": "2", "memory": "4Gi", "pods": "110"}
         return {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": n.name, "labels": {
@@ -128,6 +155,7 @@ class NodeComponent:
                                         "bootID": "", "kubeProxyVersion": ""}}}
 
     def register(self) -> None:
+        self.network_ready = self.cni_installed()
         body = self.node_object()
         try:
             self.core.create_node(body)
@@ -149,12 +177,22 @@ class NodeComponent:
             self.coord.create_namespaced_lease("kube-node-lease", body)
 
     def lease_loop(self) -> None:
+        """Renew the Lease every RENEW_EVERY seconds; post the Node's status whenever network
+        readiness changes (checked every few tenths of a second, so a node turns Ready as
+        soon as install-cni has written the conflist)."""
+        renewed = 0.0
         while True:
             try:
-                self.renew_lease()
+                if self.cni_installed() != self.network_ready:
+                    self.network_ready = not self.network_ready
+                    self.core.patch_node_status(self.node, {"status": self.node_object()["status"]})
+                if time.monotonic() - renewed > RENEW_EVERY:
+                    self.renew_lease()
+                    renewed = time.monotonic()
             except Exception as e:  # the API may be restarting: keep trying, say so
                 log.warning(json.dumps({"event": "lease-renew-failed", "error": str(e)}))
-            time.sleep(RENEW_EVERY)
+                self.network_ready = not self.cni_installed()   # post again next round
+            time.sleep(0.3)
 
     # --- sandboxes -----------------------------------------------------------------------
     def _record(self, sb: Sandbox) -> Path:
@@ -171,7 +209,7 @@ class NodeComponent:
         """Sandbox, CNI ADD, servers, then Running status; undone on any failure."""
         meta = pod["metadata"]
         if pod["spec"].get("hostNetwork"):
-            self._write_status(pod, self.node_plan.address, "")
+            self.host_pods.run(pod)
             return
         sb = Sandbox(meta["namespace"], meta["name"], meta["uid"], uuid.uuid4().hex,
                      self.plan.pod_netns(meta["namespace"], meta["name"]))
@@ -179,9 +217,8 @@ class NodeComponent:
         self._record(sb).write_text(json.dumps(asdict(sb)))
         try:
             pl.add_netns(sb.netns)
-            paths = self.root / "cni"
-            netconf = runtime.load_conflist(paths / "net.d")
-            result = runtime.add(paths / "bin", netconf, sb.container_id,
+            netconf = runtime.load_conflist(self.conf_dir)
+            result = runtime.add(self.bin_dir, netconf, sb.container_id,
                                  f"/var/run/netns/{sb.netns}",
                                  runtime.k8s_args(sb.namespace, sb.name, sb.container_id, sb.uid))
             sb.ip = result["ips"][0]["address"].split("/")[0]
@@ -217,9 +254,8 @@ class NodeComponent:
     def teardown(self, sb: Sandbox) -> None:
         """Servers, CNI DEL, namespace, record: each step safe to repeat."""
         pl.kill_pids(list(self.store.pop_pids(f"pod:{sb.namespace}/{sb.name}:").values()))
-        paths = self.root / "cni"
         try:
-            runtime.delete(paths / "bin", runtime.load_conflist(paths / "net.d"),
+            runtime.delete(self.bin_dir, runtime.load_conflist(self.conf_dir),
                            sb.container_id, f"/var/run/netns/{sb.netns}",
                            runtime.k8s_args(sb.namespace, sb.name, sb.container_id, sb.uid))
         except (runtime.CniCallError, FileNotFoundError) as e:
@@ -239,6 +275,7 @@ class NodeComponent:
         sb = self.local_sandboxes().get(meta["uid"])  # under handle()'s lock
         if sb is not None:
             self.teardown(sb)
+        self.host_pods.stop(meta["uid"])
         try:
             self.core.delete_namespaced_pod(
                 meta["name"], meta["namespace"], grace_period_seconds=0,
@@ -256,10 +293,11 @@ class NodeComponent:
             if kind == "DELETED":
                 if meta["uid"] in have:
                     self.teardown(have[meta["uid"]])
+                self.host_pods.stop(meta["uid"])
             elif meta.get("deletionTimestamp"):
                 self.finalise(pod)
-            elif meta["uid"] not in have and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed") \
-                    and not (pod["spec"].get("hostNetwork") and pod.get("status", {}).get("podIP")):
+            elif meta["uid"] not in have and meta["uid"] not in self.host_pods \
+                    and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
                 self.run_pod(pod)
 
     def resync(self) -> str:
@@ -272,6 +310,9 @@ class NodeComponent:
             for uid, sb in self.local_sandboxes().items():
                 if uid not in pods:
                     self.teardown(sb)
+            for uid, record in self.host_pods.recorded().items():
+                if uid not in pods:
+                    self.host_pods.stop(uid) or self.host_pods.stop_recorded(record)
         for pod in pods.values():
             self._safely(self.handle, "ADDED", pod)
         return listing["metadata"]["resourceVersion"]
@@ -343,6 +384,7 @@ class NodeComponent:
                 log.warning(json.dumps({"event": "register-failed", "error": str(e)}))
                 time.sleep(1.0)
         threading.Thread(target=self.lease_loop, daemon=True, name="lease").start()
+        threading.Thread(target=self.host_pods.supervise, daemon=True, name="host-pods").start()
         self.pod_loop()
 
 

@@ -6,7 +6,6 @@ control-plane namespace, so no lab address is routable from the host.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from calico_lite import keys
 from calico_lite.datastore import Datastore
-from calico_lite.install import install_cni
 from calico_lite.health import readyz
+from calico_lite.lab import agents
 from calico_lite.lab import control_plane as cp
-from calico_lite.lab import fabric
+from calico_lite.lab import fabric, manifests
 from calico_lite.lab import plumbing as pl
-from calico_lite.lab.plan import LabPlan, PlanError, make_plan
+from calico_lite.lab.plan import API_PORT, ETCD_IP, MESH_AS, LabPlan, PlanError, make_plan
+from calico_lite.lab.podspec import host_path
 from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import StateStore
@@ -42,27 +42,36 @@ class LabError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodePaths:
+    """A lab node's folder: `host/` stands for its root filesystem (podspec.host_path), where
+    the DaemonSet's hostPath volumes are; `logs/` holds its containers' output."""
     root: Path
+
+    def host(self, path: str) -> Path:
+        return host_path(self.root, path)
 
     @property
     def bin_dir(self) -> Path:
-        return self.root / "cni" / "bin"
+        return self.host("/opt/cni/bin")
 
     @property
     def conf_dir(self) -> Path:
-        return self.root / "cni" / "net.d"
+        return self.host("/etc/cni/net.d")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.host("/var/run/calico-lite")
 
     @property
     def socket(self) -> Path:
-        return self.root / "cni.sock"
+        return self.run_dir / "cni.sock"
 
     @property
     def agent_log(self) -> Path:
-        return self.root / "agent.log"
+        return self.root / "logs" / "agent.log"
 
     @property
     def cni_log(self) -> Path:
-        return self.root / "cni.log"
+        return self.host("/var/log/calico-lite") / "cni.log"
 
 
 class Lab:
@@ -144,15 +153,14 @@ class Lab:
             fabric.write_default_pool(plan)
             fabric.write_bgp_records(plan)
             fabric.start_routers(plan, self.store)
-            log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting "
-                f"{len(plan.nodes)} node agents")
-            for node in plan.nodes:
-                self._start_agent(plan, node)
+            log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting Kubernetes")
             self._start_control_plane(plan)
-            self._wait_ready(plan)
-            self._start_kube_sync(plan)
             for node in plan.nodes:
+                self._provision(node)
                 self._start_node_component(node)
+            log(f"control plane up in {time.monotonic() - t0:.1f}s; kubectl apply -f deploy/")
+            self.install()
+            self._wait_ready(plan)
             self._wait_nodes(plan)
             log(f"lab {self.name} up in {time.monotonic() - t0:.1f}s; kubectl: "
                 f"calico-lite lab kubectl --name {self.name} -- get nodes")
@@ -165,23 +173,40 @@ class Lab:
         self.store.add_netns(name)  # recorded first: a crash right after still gets cleaned
         pl.add_netns(name)
 
-    def _start_agent(self, plan: LabPlan, node) -> None:
+    def _provision(self, node) -> None:
+        """What a node's OS brings before calico-lite is installed: the CNI folders, with the
+        reference loopback plugin (containerd's CRI wants it beside ours)."""
         paths = self.node_paths(node.name)
-        install_cni(paths.bin_dir, paths.conf_dir, agent_socket=str(paths.socket),
-                    log_file=str(paths.cni_log))
-        loopback = Path("/usr/lib/cni/loopback")  # containerd's CRI wants it beside ours
+        for d in (paths.bin_dir, paths.conf_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        loopback = Path("/usr/lib/cni/loopback")
         if loopback.exists():
             shutil.copy2(loopback, paths.bin_dir / "loopback")
-        argv = [sys.executable, "-m", "calico_lite.cli", "node", "run",
-                "--name", node.name, "--etcd-endpoints", plan.etcd_endpoint,
-                "--cni-socket", str(paths.socket), "--run-dir", str(paths.root),
-                "--address", node.address, "--subnet", node.subnet, "--as", str(node.asn),
-                "--rack", f"rack{node.rack}", "--label", f"rack=rack{node.rack}"]
-        # BGP peers come from the datastore (_write_bgp_records); the argv is kept so that
-        # `lab node restart` starts the agent again exactly as before
-        paths.root.mkdir(parents=True, exist_ok=True)
-        (paths.root / "agent.argv").write_text(json.dumps(argv))
-        self._spawn_agent(node.name)
+
+    # --- calico-lite itself: deploy/ applied with kubectl --------------------------------
+    def rendered_manifests(self, image_tag: str | None = None) -> Path:
+        """deploy/ with the lab's values set (manifests.render), written beside the lab's
+        kubeconfigs: what `install` applies and `kubectl delete -f` removes."""
+        docs = manifests.render(manifests.load(), self.plan.etcd_endpoint, MESH_AS, ETCD_IP,
+                                API_PORT, image_tag=image_tag)
+        return manifests.write(docs, self.kube.root / "calico-lite.yaml")
+
+    def install(self, timeout: float = READY_TIMEOUT) -> None:
+        """`kubectl apply -f` the rendered deploy/, then wait until the DaemonSet and the
+        kube-sync Deployment have rolled out (every pod Ready by its readiness probe)."""
+        self.kubectl("apply", "-f", str(self.rendered_manifests()))
+        self.wait_rolled_out(timeout)
+
+    def wait_rolled_out(self, timeout: float = READY_TIMEOUT) -> None:
+        def dead() -> str:
+            return ", ".join(k for k, pid in self.store.load().pids.items()
+                             if k.startswith(("kubelet:", "kube:")) and not pl.pid_alive(pid))
+        manifests.wait_rolled_out(
+            lambda kind, name: self.api().workload(kind, manifests.NAMESPACE, name),
+            [("DaemonSet", manifests.NODE_DS), ("Deployment", manifests.KUBE_SYNC)], timeout, dead)
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return cp.kubectl(self.kube, self.plan.cp_netns, *args, input=input).stdout
 
     # --- Kubernetes: control plane, kube-sync, node components ---------------------------
     def _start_control_plane(self, plan: LabPlan) -> None:
@@ -189,13 +214,16 @@ class Lab:
         cp.make_credentials(self.kube, [n.name for n in plan.nodes])
         cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid))
 
-    def _start_kube_sync(self, plan: LabPlan) -> None:
-        cp.start_kube_sync(self.kube, plan.cp_netns, lambda pid: self.store.add_pid("kube-sync", pid))
-
-    def stop_kube_sync(self) -> None:
+    def stop_kube_sync(self, timeout: float = 30.0) -> None:
         """For benches that write the datastore directly (etcd mode): kube-sync's resync would
-        delete records that have no object in the API."""
-        pl.kill_pids(list(self.store.pop_pids("kube-sync").values()))
+        delete records that have no object in the API. Scaled to 0, as an operator would."""
+        self.kubectl("scale", "-n", manifests.NAMESPACE, f"deployment/{manifests.KUBE_SYNC}",
+                     "--replicas=0")
+        deadline = time.monotonic() + timeout
+        while any(k.startswith("kube-sync:") and pl.pid_alive(p) for k, p in self.store.load().pids.items()):
+            if time.monotonic() > deadline:
+                raise LabError(f"kube-sync still running {timeout:.0f}s after scaling it to 0")
+            time.sleep(0.1)
 
     def _start_node_component(self, node) -> int:
         argv = [sys.executable, "-m", "calico_lite.lab.kubelet", "--lab", self.name, "--node", node.name]
@@ -223,55 +251,43 @@ class Lab:
     def shell_argv(self) -> list[str]:
         return cp.shell_argv(self.kube, self.plan.cp_netns, self.name)
 
-    def _spawn_agent(self, name: str) -> int:
-        node, paths = self.plan.node(name), self.node_paths(name)
-        argv = json.loads((paths.root / "agent.argv").read_text())
-        pid = pl.spawn(node.netns, argv, paths.agent_log, env={"PYTHONPATH": str(REPO)})
-        self.store.add_pid(f"agent:{name}", pid)
-        return pid
-
     # --- node agents: restart, stop, start (graceful restart and failure tests) ----------
     def exabgp_pid(self, name: str) -> int | None:
-        try:
-            pid = int((self.node_paths(name).root / "bgp" / "exabgp.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if pl.pid_alive(pid) else None
+        return agents.exabgp_pid(self.node_paths(name).run_dir)
+
+    def agent_pid(self, name: str) -> int | None:
+        self.plan.node(name)
+        return agents.agent_pid(self.store, name)
 
     def node_stop(self, name: str, how: str = "detach", timeout: float = 15.0) -> None:
-        """Stop a node's agent. detach: SIGTERM, ExaBGP and routes stay (an upgrade);
-        withdraw: SIGUSR2, the agent withdraws its routes and stops ExaBGP (a clean
-        shutdown); kill: SIGKILL agent and ExaBGP (a crashed node)."""
+        """Stop a node's agent and keep it stopped (agents.stop says how)."""
         self.plan.node(name)
-        pid = self.store.load().pids.get(f"agent:{name}")
-        exabgp = self.exabgp_pid(name)
-        sig = {"kill": 9, "withdraw": 12}.get(how, 15)
-        for p in (pid, exabgp if how == "kill" else None):
-            if p and pl.pid_alive(p):
-                os.kill(p, sig)
-        deadline = time.monotonic() + timeout
-        while pid and pl.pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise LabError(f"agent of {name} (pid {pid}) did not exit in {timeout:.0f}s")
-            time.sleep(0.02)
-        if how == "withdraw" and exabgp:
-            pl.kill_pids([exabgp], grace=5.0)   # normally gone already with the agent
+        try:
+            agents.stop(self.store, name, self.node_paths(name).root,
+                        self.node_paths(name).run_dir, how, timeout)
+        except agents.AgentError as e:
+            raise LabError(str(e)) from None
 
     def node_start(self, name: str, component: str = "agent") -> int:
-        """Start a node's agent, or its node component (`kubelet`), if it is not running."""
+        """Start a node's agent (lift `node_stop`'s hold), or its node component (`kubelet`)."""
         node = self.plan.node(name)
-        pid = self.store.load().pids.get(f"{component}:{name}")
+        try:
+            if component != "kubelet":
+                return agents.start(self.store, name, self.node_paths(name).root)
+        except agents.AgentError as e:
+            raise LabError(str(e)) from None
+        pid = self.store.load().pids.get(f"kubelet:{name}")
         if pid and pl.pid_alive(pid):
-            raise LabError(f"{component} of {name} is running (pid {pid})")
-        if component == "kubelet":
-            return self._start_node_component(node)
-        return self._spawn_agent(name)
+            raise LabError(f"kubelet of {name} is running (pid {pid})")
+        return self._start_node_component(node)
 
     def node_restart(self, name: str) -> int:
-        """SIGTERM the agent and start it again with the same argv: the new agent adopts
-        the running ExaBGP, so neither peers nor pods notice (graceful restart)."""
-        self.node_stop(name, "detach")
-        return self._spawn_agent(name)
+        """The agent restarted in place; the new one adopts ExaBGP (agents.restart)."""
+        self.plan.node(name)
+        try:
+            return agents.restart(self.store, name)
+        except agents.AgentError as e:
+            raise LabError(str(e)) from None
 
     def _wait_ready(self, plan: LabPlan) -> None:
         """Every agent serves its CNI socket and has all its BGP sessions Established."""
@@ -285,14 +301,9 @@ class Lab:
                 if (self.node_paths(name).socket.exists() and peers
                         and all(p["state"] == "Established" for p in peers)):
                     pending.remove(name)
-            dead = [n for n, pid in self.store.load().pids.items()
-                    if n.startswith("agent:") and not pl.pid_alive(pid)]
-            if dead:
-                raise LabError(f"agent(s) exited: {', '.join(dead)}; see "
-                               f"{self.store.dir}/nodes/*/agent.log")
             if time.monotonic() > deadline:
                 raise LabError(f"nodes not ready after {READY_TIMEOUT:.0f}s: {', '.join(pending)} "
-                               f"(see {self.store.dir}/nodes/NODE/agent.log)")
+                               f"(see {self.store.dir}/nodes/NODE/logs/agent.log)")
             time.sleep(0.2)
 
     def converged(self) -> list[str]:
@@ -407,6 +418,15 @@ class Lab:
         return probe_all(eps, port, protocol)
 
     # --- status --------------------------------------------------------------------------
+    def _agent_pods(self) -> dict[str, str]:
+        """node -> the name of the DaemonSet pod that runs its agent ('' when the API is away)."""
+        try:
+            pods = self.api().pods_of(manifests.NAMESPACE, f"k8s-app={manifests.NODE_DS}")
+        except Exception:   # status must answer even with the API server stopped
+            return {}
+        return {p["spec"].get("nodeName", ""): p["metadata"]["name"] for p in pods
+                if not p["metadata"].get("deletionTimestamp")}
+
     def status(self) -> dict:
         plan = self.plan
         st = self.store.load()
@@ -417,13 +437,15 @@ class Lab:
             pid = st.pids.get(label)
             return "running" if pid and pl.pid_alive(pid) else "stopped"
         nodes = []
+        agent_pods = self._agent_pods()
         for n in plan.nodes:
             s = ds.get(keys.status(n.name)) if etcd == "healthy" else None
             ready = readyz(n.netns, timeout=2.0)
             paths = self.node_paths(n.name)
             nodes.append({
                 "name": n.name, "rack": f"rack{n.rack}", "address": n.address, "netns": n.netns,
-                "agent": running(f"agent:{n.name}"), "kubelet": running(f"kubelet:{n.name}"),
+                "agent": running(f"agent:{n.name}"), "agent_pod": agent_pods.get(n.name, ""),
+                "kubelet": running(f"kubelet:{n.name}"),
                 "ready": ready["ready"],
                 "unready": {k: v for k, v in ready["checks"].items() if v != "ok"},
                 "cni_bin_dir": str(paths.bin_dir), "cni_conf_dir": str(paths.conf_dir),
@@ -435,7 +457,9 @@ class Lab:
         kubernetes = {"version": cp.KUBE_VERSION, "kubeconfig": str(self.kube.admin_kubeconfig),
                       "apiserver": running("kube:kube-apiserver"),
                       "controller_manager": running("kube:kube-controller-manager"),
-                      "scheduler": running("kube:kube-scheduler"), "kube_sync": running("kube-sync"),
+                      "scheduler": running("kube:kube-scheduler"),
+                      "kube_sync": "running" if any(k.startswith("kube-sync:") and pl.pid_alive(p)
+                                                    for k, p in st.pids.items()) else "stopped",
                       "kubectl": cp.find_kubectl()}
         return {"name": self.name, "bgp_mode": plan.bgp, "encap": plan.encap, "nodes": nodes,
                 "etcd": etcd, "kubernetes": kubernetes, "pods": pods}

@@ -10,15 +10,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, lab_cli
-from tests.e2e.labutil import lab_name, run_dir, running_lab, status
+from calico_lite.lab.lab import Lab
+from tests.conftest import lab_cli
+from tests.e2e.labutil import (UdpStream, agent_pid, exabgp_pid, lab_name, pod_ip, run_dir,
+                               running_lab, tor_sessions, vtysh)
 from tests.nslib import wait_for
 
 pytestmark = pytest.mark.slow
@@ -40,46 +39,6 @@ def blocks(lab: str, node: str) -> list[str]:
     return node_status(lab, node)["blocks"]
 
 
-def exabgp_pid(lab: str, node: str) -> int:
-    return int((run_dir(lab) / "nodes" / node / "bgp" / "exabgp.pid").read_text())
-
-
-def agent_pid(lab: str, node: str) -> int:
-    return json.loads((run_dir(lab) / "state.json").read_text())["pids"][f"agent:{node}"]
-
-
-def vtysh(lab: str, router: str, cmd: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", f"{lab}-{router}", "vtysh", "--vty_socket",
-                           str(run_dir(lab) / "frr" / router), "-c", cmd],
-                          capture_output=True, text=True, check=True).stdout
-
-
-def tor_sessions(lab: str, tor: str, peer: str) -> int:
-    """How many times the ToR's session with peer was established (FRR's counter)."""
-    return json.loads(vtysh(lab, tor, f"show bgp neighbors {peer} json"))[peer]["connectionsEstablished"]
-
-
-class UdpStream:
-    """Numbered UDP probes every `interval` s from a pod to another pod's echo server."""
-
-    def __init__(self, lab: str, src_pod: str, dst_ip: str, interval: float = 0.01):
-        self.stop_file = Path(tempfile.mktemp(prefix="tgr-stream-"))
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", f"{lab}-pod-{src_pod.replace('/', '-')}", sys.executable, "-m",
-             "calico_lite.lab.udpstream", dst_ip, "80", str(interval), str(self.stop_file)],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-    def finish(self) -> dict:
-        self.stop_file.touch()
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        finally:
-            self.stop_file.unlink(missing_ok=True)
-        return json.loads(out)
-
-
-def pod_ip(lab: str, pod: str) -> str:
-    return next(p["ip"] for p in status(lab)["pods"] if f"{p['namespace']}/{p['name']}" == pod)
 
 
 def test_agent_restart_loses_no_packet(tmp_path):
@@ -103,7 +62,7 @@ def test_agent_restart_loses_no_packet(tmp_path):
             # the new agents are up: they republish their status with the adopted ExaBGP
             for node in ("r1n1", "r2n1"):
                 wait_for(lambda: node_status(lab, node)["updated"] > time.time() - 5 and
-                         (run_dir(lab) / "nodes" / node / "cni.sock").exists(), f"{node} agent back")
+                         Lab(lab).node_paths(node).socket.exists(), f"{node} agent back")
             took = time.monotonic() - t0
             time.sleep(1.0)
         finally:
@@ -182,7 +141,7 @@ def test_failures_hold_time_killed_exabgp_and_dead_node():
                 "--lab", lab)
         wait_for(lambda: all(p["state"] == "Established" for n in ("r1n1", "r1n2", "r1n3")
                              for p in node_status(lab, n)["peers"]), "MD5 sessions up")
-        assert "s3cret" in (run_dir(lab) / "nodes" / "r1n1" / "bgp" / "exabgp.conf").read_text()
+        assert "s3cret" in (Lab(lab).node_paths("r1n1").run_dir / "bgp" / "exabgp.conf").read_text()
         assert {n: agent_pid(lab, n) for n in pids} == pids
         wait_for(lambda: kernel_routes(lab, "r1n1").get(b2) == "10.99.1.12", "routes after MD5")
 

@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from calico_lite.lab.lab import Lab
 from tests.conftest import lab_cli
 from tests.e2e.labutil import lab_name, probe, running_lab, status
 
@@ -199,7 +200,7 @@ def test_ipip_pool_on_a_kernel_without_ipip_is_reported_not_pretended():
                 ["IPIP unavailable: this kernel has no ipip support"]
         assert not ip_json(f"{name}-r1n1", "route", "show", "proto", "88")
         assert "tunl0" not in [link["ifname"] for link in ip_json(f"{name}-r1n1", "link", "show")]
-        log = open(f"{_run_dir(name)}/nodes/r1n1/agent.log").read()
+        log = Lab(name).node_paths("r1n1").agent_log.read_text()
         assert "ipip-unavailable" in log
 
 

@@ -170,13 +170,13 @@ def test_lab_status_table():
     s = {"name": "lab", "bgp_mode": "tor", "etcd": "healthy",
          "kubernetes": {"version": "v1.34.4", "apiserver": "running", "kube_sync": "running"},
          "nodes": [{"name": "r1n1", "rack": "r1", "address": "10.99.1.11", "agent": "running",
-                    "kubelet": "running", "ready": False, "unready": {"bgp": "no peer Established"},
+                    "agent_pod": "calico-lite-node-x7k2p", "kubelet": "running", "ready": False, "unready": {"bgp": "no peer Established"},
                     "bgp": [{"peer": "10.99.1.1", "state": "Established"}], "notes": ["slow"]}],
          "pods": [{"namespace": "default", "name": "p", "node": "r1n1", "ip": "10.244.0.1"}]}
     assert format_lab_status(s).splitlines() == [
         "lab lab (bgp tor), etcd healthy, kubernetes v1.34.4 (apiserver running, kube-sync running)", "",
-        "NODE     RACK   ADDRESS      AGENT    KUBELET  READY  BGP",
-        "r1n1     r1     10.99.1.11   running  running  no     10.99.1.1 Established",
+        "NODE     RACK   ADDRESS      AGENT    AGENT POD              KUBELET  READY  BGP",
+        "r1n1     r1     10.99.1.11   running  calico-lite-node-x7k2p running  no     10.99.1.1 Established",
         "         not ready: bgp: no peer Established",
         "         note: slow", "",
         "POD                      NODE     IP",
