@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 KUBE_BIN = Path(os.environ.get("CALICO_LITE_KUBE_BIN", REPO / "build" / "kube"))
 KUBE_VERSION = "v1.34.4"   # deploy/kube/go.mod pins the same release
 KUBECTL_DIR = Path("/usr/lib/google-cloud-sdk/bin")   # the machine image's kubectl.1.NN
-DEPLOY = REPO / "deploy" / "calico-lite.yaml"
 API_URL = f"https://{ETCD_IP}:{API_PORT}"
 READY_TIMEOUT = 120.0
 
@@ -58,7 +56,8 @@ class KubePaths:
 
     @property
     def sa_dir(self) -> Path:
-        """kube-sync's in-cluster credentials: token, ca.crt, namespace (as a pod sees them)."""
+        """In-cluster credentials (token, ca.crt, namespace) for a kube-sync run outside a pod
+        (tests/kube_cluster.py)."""
         return self.root / "serviceaccount"
 
 
@@ -197,39 +196,6 @@ def kubectl(paths: KubePaths, cp_netns: str, *args: str, input: str | None = Non
         raise ControlPlaneError(f"kubectl {' '.join(args[:3])} failed: "
                                 f"{p.stderr.strip() or p.stdout.strip()}")
     return p
-
-
-def rbac_documents() -> str:
-    """The ServiceAccount, ClusterRole and ClusterRoleBinding of deploy/calico-lite.yaml."""
-    docs = [d for d in yaml.safe_load_all(DEPLOY.read_text())
-            if d and d.get("kind") in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
-    return yaml.safe_dump_all(docs)
-
-
-def service_account_credentials(paths: KubePaths, cp_netns: str) -> Path:
-    """Apply deploy/'s RBAC and write a token of its service account, with the CA and the
-    namespace, where a pod would find them (token, ca.crt, namespace)."""
-    kubectl(paths, cp_netns, "apply", "-f", "-", input=rbac_documents())
-    sa = next(d for d in yaml.safe_load_all(DEPLOY.read_text())
-              if d and d.get("kind") == "ServiceAccount")["metadata"]
-    token = kubectl(paths, cp_netns, "create", "token", sa["name"], "-n", sa["namespace"],
-                    "--duration=8760h").stdout.strip()
-    paths.sa_dir.mkdir(parents=True, exist_ok=True)
-    (paths.sa_dir / "token").write_text(token)
-    (paths.sa_dir / "token").chmod(0o600)
-    (paths.sa_dir / "namespace").write_text(sa["namespace"])
-    (paths.sa_dir / "ca.crt").write_bytes((paths.pki / "ca.crt").read_bytes())
-    return paths.sa_dir
-
-
-def start_kube_sync(paths: KubePaths, cp_netns: str, record_pid) -> None:
-    """kube-sync as deploy/'s Deployment runs it: the calico-lite service account (RBAC from
-    deploy/calico-lite.yaml), in-cluster style credentials, one process."""
-    sa_dir = service_account_credentials(paths, cp_netns)
-    argv = [sys.executable, "-m", "calico_lite.cli", "kube-sync",
-            "--etcd-endpoints", "http://127.0.0.1:2379",
-            "--service-account-dir", str(sa_dir), "--api-server", API_URL]
-    record_pid(pl.spawn(cp_netns, argv, paths.log("kube-sync"), env={"PYTHONPATH": str(REPO)}))
 
 
 def shell_argv(paths: KubePaths, cp_netns: str, lab: str) -> list[str]:
