@@ -8,6 +8,7 @@ from __future__ import annotations
 from calico_lite import keys
 from policy.manifests import policy_from_dict
 from policy.model import ContainerPort, Namespace, NetworkPolicy, Pod
+from policy.nat import NatPool
 
 
 def namespaces_from(raw: dict[str, dict]) -> list[Namespace]:
@@ -42,3 +43,11 @@ def inputs_from(items, node: str | None) -> tuple[list[NetworkPolicy], list[Pod]
     return (policies_from(items(keys.K8S_POLICIES)),
             pods_from(items(keys.K8S_PODS), items(keys.WORKLOADS), node),
             namespaces_from(items(keys.K8S_NAMESPACES)))
+
+
+def nat_inputs(pools: dict[str, dict], nodes: dict[str, dict]) -> tuple[list[NatPool], list[str]]:
+    """The pools (keys.POOLS) with their natOutgoing flag, and the subnets the node records
+    (keys.NODES) name: what policy.nat.nat_state takes."""
+    return ([NatPool(v.get("name", k.rsplit("/", 1)[-1]), v["cidr"], bool(v.get("natOutgoing", False)))
+             for k, v in pools.items() if v.get("cidr")],
+            [v["subnet"] for v in nodes.values() if v.get("subnet")])

@@ -1,5 +1,9 @@
 """The policy controller: datastore -> ruleset (policy.incremental) -> nftables (policy.applier).
 
+It owns the whole `inet calico-lite` table, so NAT outgoing (policy.nat: the pools' natOutgoing
+flags and the node subnets) is composed into the same Ruleset and goes through the same atomic
+transactions: a pool change is a few set elements in the next small update.
+
 On every datastore change it diffs its inputs (pods, namespaces, policies) against the last pass
 and feeds only the differences to the incremental calculation, which touches only the sets and
 chains involved; the applier sends those in one small transaction. Every RESYNC_SECONDS the full
@@ -17,12 +21,13 @@ from typing import Callable
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import namespaces_from, pods_by_workload
+from calico_lite.policy_inputs import namespaces_from, nat_inputs, pods_by_workload
 from policy.applier import RulesetApplier
 from policy.compiler import compile_ruleset
 from policy.incremental import IncrementalRuleset
 from policy.manifests import policy_from_dict
 from policy.model import Namespace, NetworkPolicy, Pod
+from policy.nat import NatState, nat_chain, nat_sets, nat_state, with_nat
 from policy.ruleset import Ruleset
 from policy.conntrack import forget_udp_flows
 from policy.nft import NftError
@@ -30,8 +35,9 @@ from policy.nft import NftError
 log = logging.getLogger("calico-lite.policy")
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.01  # let a burst of pod changes land, then compile once
-# what the ruleset is computed from; IPAM and routing traffic must not wake this controller
-INPUTS = (keys.ROOT + "k8s/", keys.WORKLOADS, keys.BARRIER)
+# what the ruleset is computed from (pools and node records: NAT outgoing); IPAM traffic
+# (blocks, handles, affinities) and routing status must not wake this controller
+INPUTS = (keys.ROOT + "k8s/", keys.WORKLOADS, keys.POOLS, keys.NODES, keys.BARRIER)
 
 
 class PolicyController:
@@ -47,6 +53,7 @@ class PolicyController:
         self._policy_keys: dict[str, str] = {}  # datastore key -> policy key
         self._namespaces: dict[str, Namespace] = {}
         self._pods: dict[str, Pod] = {}
+        self._nat: tuple[NatState | None, dict] = (None, {})  # the state and its sets, reused
         self.beat: Callable[[], None] = lambda: None   # liveness (agent_health)
 
     def _feed(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> bool:
@@ -97,6 +104,15 @@ class PolicyController:
         self._feed(raw_policies, namespaces, pods)
         return ruleset
 
+    def nat_table(self, ruleset: Ruleset) -> tuple[Ruleset, NatState]:
+        """The policy Ruleset with NAT outgoing added, from the cached pools and node records.
+        The NAT sets are the same objects while the state stays the same, so the applier's
+        diff skips them."""
+        state = nat_state(*nat_inputs(self.cache.items(keys.POOLS), self.cache.items(keys.NODES)))
+        if self._nat[0] != state:
+            self._nat = (state, nat_sets(state))
+        return with_nat(ruleset, self._nat[1], nat_chain()), state
+
     def sync_once(self, generation: int, full: bool = False) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
         raw_policies = self.cache.items(keys.K8S_POLICIES)
@@ -111,9 +127,10 @@ class PolicyController:
         else:
             view_changed = self._feed(raw_policies, namespaces, pods)
             ruleset = self.calc.ruleset()  # type: ignore[union-attr]
+        table, nat = self.nat_table(ruleset)
         compiled = time.perf_counter()
         assert self.applier
-        result = self.applier.update(ruleset)
+        result = self.applier.update(table)
         # policies and labels decide who may talk; when they change, established UDP flows of
         # local pods are forgotten so each is judged again (not on the first pass: a restarted
         # agent inherits flows its predecessor's identical rules allowed)
@@ -125,8 +142,8 @@ class PolicyController:
                 "compile_ms": round((compiled - start) * 1e3, 1),
                 "nft_ms": round(result.seconds * 1e3, 1), "policies": len(raw_policies),
                 "local_pods": sum(1 for p in pods.values() if p.interface), "error": "",
-                "udp_flows_forgotten": forgotten,
-                "updated": time.time(), **ruleset.stats()}
+                "udp_flows_forgotten": forgotten, "nat": nat.summary(),
+                "updated": time.time(), **table.stats()}
 
     def run(self, stop: threading.Event) -> None:
         self.applier = RulesetApplier()  # binds to this (the node's) network namespace

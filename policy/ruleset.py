@@ -58,7 +58,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Chain:
-    """A chain; base chains carry a hook (forward, input) and are rendered after everything else."""
+    """A chain; base chains carry a hook (forward, input, postrouting) and a type (filter, or
+    nat for NAT outgoing) and are rendered after everything else."""
 
     name: str
     rules: tuple[Rule, ...] = ()
@@ -66,6 +67,7 @@ class Chain:
     priority: str = "filter"
     policy: str = "accept"
     comment: str = ""
+    type: str = "filter"
 
 
 @dataclass
@@ -122,7 +124,7 @@ def _render_map(m: VerdictMap) -> list[str]:
 def _render_chain(c: Chain) -> list[str]:
     lines = [f"  chain {c.name} {{"]
     if c.hook:
-        lines.append(f"    type filter hook {c.hook} priority {c.priority}; policy {c.policy};")
+        lines.append(f"    type {c.type} hook {c.hook} priority {c.priority}; policy {c.policy};")
     if c.comment:
         lines.append(f"    comment {quote(c.comment)}")
     lines += [f"    {r.render()}" for r in c.rules]

@@ -1,6 +1,8 @@
 """`calico-lite pool ...` and `calico-lite ipam ...`: IP pools, blocks and leaked addresses."""
 from __future__ import annotations
 
+import argparse
+
 from calico_lite import keys
 from calico_lite.cli.common import Group, arg, datastore, print_result
 from calico_lite.cli.table import columns, row
@@ -30,13 +32,45 @@ def cmd_pool_add(args) -> int:
     return 0
 
 
+@POOL.command("set", arg("name"),
+              arg("--nat-outgoing", action=argparse.BooleanOptionalAction,
+                  help="masquerade the pool's pods to destinations outside the pools and nodes"),
+              arg("--disabled", action=argparse.BooleanOptionalAction,
+                  help="assign no more addresses from the pool (its pods keep theirs)"),
+              help="change a pool's flags, as `calicoctl patch ippool` does; every node "
+                   "picks the change up by itself")
+def cmd_pool_set(args) -> int:
+    from calico_lite.blocks import Pool
+    from calico_lite.datastore import Op
+    ds = datastore(args)
+    for _ in range(10):  # compare-and-swap: a concurrent `pool set` is not lost
+        e = ds.get(keys.pool(args.name))
+        if e is None:
+            raise LookupError(f"pool {args.name} does not exist")
+        d = dict(e.value)
+        if args.nat_outgoing is not None:
+            d["natOutgoing"] = args.nat_outgoing
+        if args.disabled is not None:
+            d["disabled"] = args.disabled
+        pool = Pool.from_dict(d)
+        if ds.txn([Op.unchanged(e.key, e.mod_revision)], [Op.put(e.key, pool.to_dict())]):
+            print(f"pool {pool.name} {pool.cidr}: natOutgoing {str(pool.nat_outgoing).lower()}, "
+                  f"disabled {str(pool.disabled).lower()}")
+            return 0
+    raise RuntimeError(f"pool {args.name}: changed concurrently too often; try again")
+
+
+def _pool_row(p: dict) -> tuple[str, ...]:
+    return (p["name"], p["cidr"], f"/{p['blockSize']}",
+            f"{p['encapsulation']}/{p['encapMode']}{' nat-outgoing' if p['natOutgoing'] else ''}"
+            f"{' disabled' if p['disabled'] else ''}")
+
+
 @POOL.command("list", arg("--json", action="store_true"))
 def cmd_pool_list(args) -> int:
     from calico_lite.ipam import list_pools
     pools = [p.to_dict() for p in list_pools(datastore(args))]
-    rows = [(p["name"], p["cidr"], f"/{p['blockSize']}",
-             f"{p['encapsulation']}/{p['encapMode']}{' disabled' if p['disabled'] else ''}")
-            for p in pools]
+    rows = [_pool_row(p) for p in pools]
     print_result(pools, args.json, "\n".join(columns(None, rows, (24, 18))))
     return 0
 

@@ -90,8 +90,13 @@ def detect_subnet(address: str) -> str:
 @NODE.command("status", arg("node", nargs="?"), arg("--json", action="store_true"),
               help="BGP peers, blocks and routes of nodes", datastore=True)
 def cmd_node_status(args) -> int:
-    rows = [e.value for e in datastore(args).list(keys.STATUS)
+    ds = datastore(args)
+    rows = [e.value for e in ds.list(keys.STATUS)
             if not args.node or e.value.get("node") == args.node]
+    nat = {e.value.get("node"): e.value.get("nat") for e in ds.list(keys.POLICY_STATUS)}
+    for r in rows:  # NAT outgoing is the policy controller's: its last applied state
+        if nat.get(r.get("node")) is not None:
+            r["nat"] = nat[r["node"]]
     if args.node and not rows:
         raise LookupError(f"no status for node {args.node}: is its agent running?")
     print_result(rows, args.json, "\n\n".join(format_node_status(r) for r in rows))
@@ -140,9 +145,20 @@ def format_node_status(s: dict, now: float | None = None) -> str:
     lines.append("  routes:")
     for r in s.get("routes", []):
         lines.append(f"    {r['prefix']:<18} via {', '.join(r['via'])} ({r.get('encap', 'none')})")
+    if "nat" in s:
+        lines.append(f"  NAT outgoing: {format_nat(s['nat'])}")
     lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
     lines += [f"  note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
+
+
+def format_nat(nat: dict) -> str:
+    """Which pools masquerade, as applied on the node (policy.nat.NatState.summary)."""
+    masq = nat.get("masquerade", [])
+    if not masq:
+        return "off (no pool has natOutgoing)"
+    return (", ".join(f"{m['pool']} {m['cidr']}" for m in masq)
+            + " masquerade to destinations outside the pools and node subnets")
 
 
 # --- node set --------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from calico_lite import keys
 from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab.frr import FrrRouter, render_frr_config
-from calico_lite.lab.plan import ETCD_IP, SPINE_AS, SPINE_CP_IP, LabPlan
+from calico_lite.lab.plan import (ETCD_IP, OUTSIDE_IP, SPINE_AS, SPINE_CP_IP,
+                                  SPINE_OUTSIDE_IP, LabPlan)
 from calico_lite.lab.state import StateStore
 
 
@@ -33,6 +34,7 @@ def build(plan: LabPlan) -> None:
     pl.ip(spine, "addr", "add", f"{SPINE_CP_IP}/24", "dev", "cp")
     pl.ip(cp, "route", "add", "default", "via", SPINE_CP_IP)
     pl.sysctl(spine, "net.ipv4.ip_forward", "1")
+    build_outside(plan)
     for tor in plan.tors:
         pl.veth(spine, tor.name, tor.netns, "uplink")
         pl.ip(spine, "addr", "add", f"{tor.spine_ip}/24", "dev", tor.name)
@@ -51,6 +53,18 @@ def build(plan: LabPlan) -> None:
         # the default route also lets the node answer proxy ARP for 169.254.1.1
         pl.ip(node.netns, "route", "add", "default", "via", node.gateway)
         pl.sysctl(node.netns, "net.ipv4.ip_forward", "1")
+
+
+def build_outside(plan: LabPlan) -> None:
+    """A host beyond the cluster behind the spine: the spine routes to it (connected), it
+    routes back through the spine, and in ToR mode the spine knows the pod blocks from BGP.
+    Its subnet is outside every pool and node subnet, so NAT outgoing applies to it."""
+    out, spine = plan.outside_netns, plan.spine_netns
+    pl.veth(out, "eth0", spine, "outside")
+    pl.ip(out, "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
+    pl.ip(spine, "addr", "add", f"{SPINE_OUTSIDE_IP}/24", "dev", "outside")
+    pl.ip(out, "route", "add", "default", "via", SPINE_OUTSIDE_IP)
+
 
 def start_etcd(plan: LabPlan, store: StateStore) -> None:
     d = store.dir / "etcd"

@@ -4,6 +4,7 @@
     spine <-> ToR  10.98.R.0/24   spine .1, ToR R .2
     rack R         10.99.R.0/24   ToR .1 (bridge), node K at .10+K
     pods           10.244.0.0/16  /26 blocks claimed by nodes
+    outside        10.100.0.0/24  a host beyond the cluster at .10, spine at .1
 
 Every lab uses the same addresses: labs never touch each other or the machine's own
 namespace, so they can overlap safely.
@@ -22,6 +23,9 @@ SERVICE_IP = "10.96.0.1"     # the `kubernetes` Service
 CP_SUBNET = "10.97.0.0/24"
 SPINE_CP_IP = "10.97.0.1"
 POD_POOL = "10.244.0.0/16"
+OUTSIDE_SUBNET = "10.100.0.0/24"  # behind the spine, outside every pool and node subnet
+OUTSIDE_IP = "10.100.0.10"        # where NAT outgoing is seen (or not)
+SPINE_OUTSIDE_IP = "10.100.0.1"
 BGP_MODES = ("tor", "mesh", "rr")  # rr: route reflector nodes (lab.bgp_records)
 ENCAPS = ("none", "vxlan", "ipip")  # the default pool's encapsulation (mode CrossSubnet)
 
@@ -75,6 +79,11 @@ class LabPlan:
     def etcd_endpoint(self) -> str:
         return f"http://{ETCD_IP}:2379"
 
+    @property
+    def outside_netns(self) -> str:
+        """A host outside the cluster, behind the spine (what pods reach with NAT outgoing)."""
+        return f"{self.name}-outside"
+
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:
             if n.name == name:
@@ -86,7 +95,7 @@ class LabPlan:
         return f"{self.name}-pod-{namespace}-{pod}"
 
     def infra_netns(self) -> list[str]:
-        return [self.cp_netns, self.spine_netns, *(t.netns for t in self.tors),
+        return [self.cp_netns, self.spine_netns, self.outside_netns, *(t.netns for t in self.tors),
                 *(n.netns for n in self.nodes)]
 
 

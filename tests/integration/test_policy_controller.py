@@ -12,9 +12,10 @@ from hypothesis import example, given, settings
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import inputs_from
+from calico_lite.policy_inputs import inputs_from, nat_inputs
 from calico_lite.policy_sync import PolicyController
 from policy.compiler import compile_ruleset
+from policy.nat import nat_chain, nat_sets, nat_state, with_nat
 from policy.manifests import policy_to_dict
 from policy.model import LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, Pod
 from tests.nft_node import assert_equal_tables, nft_nodes
@@ -85,6 +86,12 @@ def oracle(cache):
     return compile_ruleset(*inputs_from(cache.items, NODE), [NODE_IP])
 
 
+def full_table(cache):
+    """The oracle with NAT outgoing from the same datastore: the controller's whole table."""
+    state = nat_state(*nat_inputs(cache.items(keys.POOLS), cache.items(keys.NODES)))
+    return with_nat(oracle(cache), nat_sets(state), nat_chain())
+
+
 _SEL = LabelSelector.of
 _RELABEL = [  # a pod relabelled into a policy's selection, then its namespace out of a peer's
     ("policy", "a/p1", NetworkPolicy("a", "p1", _SEL({"app": "y"}), ("Ingress",), (NetworkPolicyRule(
@@ -114,7 +121,7 @@ def test_controller_incremental_passes_equal_the_full_compile_and_a_full_load(st
         status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
         assert status["calc"] == "incremental" and status["mode"] in ("update", "noop"), status
         assert ctl.calc.ruleset() == oracle(cache), event
-    full_node.call(full_node.applier.sync, oracle(cache))
+    full_node.call(full_node.applier.sync, full_table(cache))
     assert_equal_tables(ctl_node, full_node, f"{len(seq)} datastore events")
 
 
@@ -137,5 +144,24 @@ def test_full_resync_repairs_a_drifted_calculation(store, netns_nodes):
     status = ctl_node.call(ctl.sync_once, caught_up(ds, cache), True)
     assert status["calc"] == "full"
     assert ctl.calc.ruleset() == oracle(cache)
-    full_node.call(full_node.applier.sync, oracle(cache))
+    full_node.call(full_node.applier.sync, full_table(cache))
     assert_equal_tables(ctl_node, full_node, "the resync")
+
+
+def test_a_pool_flag_or_a_new_node_changes_nat_elements_in_an_incremental_update(store, netns_nodes):
+    ds, cache = store
+    ctl_node, full_node = netns_nodes
+    ds.delete_prefix(keys.ROOT)
+    ds.put(keys.pool("p1"), {"name": "p1", "cidr": "10.240.0.0/16", "natOutgoing": False})
+    ds.put(keys.node(NODE), {"name": NODE, "address": NODE_IP, "subnet": "10.99.1.0/24"})
+    ctl = PolicyController(cache, NODE, [NODE_IP])
+    ctl.applier = ctl_node.applier
+    assert ctl_node.call(ctl.sync_once, caught_up(ds, cache))["nat"]["masquerade"] == []
+    ds.put(keys.pool("p1"), {"name": "p1", "cidr": "10.240.0.0/16", "natOutgoing": True})
+    ds.put(keys.node("n2"), {"name": "n2", "address": "10.99.2.11", "subnet": "10.99.2.0/24"})
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    assert status["mode"] == "update" and status["error"] == "", status
+    assert status["nat"]["masquerade"] == [{"pool": "p1", "cidr": "10.240.0.0/16"}]
+    assert status["nat"]["nodeSubnets"] == ["10.99.1.0/24", "10.99.2.0/24"]
+    full_node.call(full_node.applier.sync, full_table(cache))
+    assert_equal_tables(ctl_node, full_node, "a pool's flag and a new node")

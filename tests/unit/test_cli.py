@@ -166,6 +166,23 @@ def test_node_status_is_calicoctl_style():
         "    10.244.1.0/26      via 10.0.0.2 (none)"]
 
 
+def test_node_status_names_the_pools_that_masquerade():
+    base = {"node": "r1n1", "updated": 0.0}
+    on = {**base, "nat": {"masquerade": [{"pool": "out", "cidr": "10.245.0.0/16"}]}}
+    assert ("  NAT outgoing: out 10.245.0.0/16 masquerade to destinations outside the pools "
+            "and node subnets") in format_node_status(on, now=1.0).splitlines()
+    off = format_node_status({**base, "nat": {"masquerade": []}}, now=1.0)
+    assert "  NAT outgoing: off (no pool has natOutgoing)" in off.splitlines()
+    assert "NAT" not in format_node_status(base, now=1.0)  # no policy status yet
+
+
+def test_pool_set_takes_both_polarities_of_each_flag():
+    args = parse(["pool", "set", "p", "--no-nat-outgoing", "--disabled"])
+    assert (args.nat_outgoing, args.disabled) == (False, True)
+    args = parse(["pool", "set", "p", "--nat-outgoing"])
+    assert (args.nat_outgoing, args.disabled) == (True, None)
+
+
 def test_lab_status_table():
     s = {"name": "lab", "bgp_mode": "tor", "etcd": "healthy",
          "kubernetes": {"version": "v1.34.4", "apiserver": "running", "kube_sync": "running"},

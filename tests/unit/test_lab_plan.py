@@ -1,6 +1,8 @@
 import pytest
 
-from calico_lite.lab.plan import PlanError, make_plan
+import ipaddress
+
+from calico_lite.lab.plan import OUTSIDE_IP, OUTSIDE_SUBNET, POD_POOL, PlanError, make_plan
 
 
 def test_default_plan_is_two_racks_of_two_on_separate_subnets():
@@ -10,6 +12,14 @@ def test_default_plan_is_two_racks_of_two_on_separate_subnets():
     assert {n.subnet for n in p.nodes} == {"10.99.1.0/24", "10.99.2.0/24"}
     assert all(n.netns.startswith("lab-") for n in p.nodes)
     assert p.etcd_endpoint == "http://10.97.0.10:2379"
+
+
+def test_the_outside_host_is_an_infra_namespace_beyond_every_pool_and_node_subnet():
+    p = make_plan(name="x")
+    assert p.outside_netns == "x-outside" and p.outside_netns in p.infra_netns()
+    assert ipaddress.ip_address(OUTSIDE_IP) in ipaddress.ip_network(OUTSIDE_SUBNET)
+    taken = [POD_POOL, "10.245.0.0/16", *{n.subnet for n in p.nodes}]
+    assert not any(ipaddress.ip_network(OUTSIDE_SUBNET).overlaps(ipaddress.ip_network(c)) for c in taken)
 
 
 def test_tor_mode_gives_each_node_a_distinct_as():
