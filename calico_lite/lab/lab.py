@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from calico_lite import keys
 from calico_lite.datastore import Datastore
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.install import install_cni
 from calico_lite.health import readyz
 from calico_lite.lab import control_plane as cp
@@ -96,11 +97,18 @@ class Lab:
             self._home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             enter(f"/var/run/netns/{self.plan.cp_netns}")
 
+    @property
+    def etcd_tls(self) -> EtcdTls | None:
+        """The TLS files calico-lite's components use for the lab's etcd (its CA, the
+        `calico-lite` client certificate and key); None for `lab up --insecure-etcd`."""
+        return fabric.etcd_tls(self.plan, "calico-lite")
+
     def datastore(self) -> Datastore:
         """The lab's etcd, from inside its control-plane namespace."""
         if self._ds is None:
+            plan, tls = self.plan, self.etcd_tls
             self._enter_cp()
-            self._ds = Datastore(["http://127.0.0.1:2379"])
+            self._ds = Datastore([plan.etcd_local_endpoint], tls=tls)
         return self._ds
 
     def api(self) -> LabApi:
@@ -124,8 +132,8 @@ class Lab:
 
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-           log=print, encap: str = "none") -> LabPlan:
-        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap)
+           log=print, encap: str = "none", etcd_tls: bool = True) -> LabPlan:
+        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap, etcd_tls)
         if self.store.exists():
             raise LabError(f"lab {self.name} already exists; `calico-lite lab down --name "
                            f"{self.name}` first")
@@ -134,7 +142,7 @@ class Lab:
             raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
         with self.store.edit() as st:
             st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp,
-                         "encap": encap}
+                         "encap": encap, "etcd_tls": etcd_tls}
         try:
             t0 = time.monotonic()
             for ns in plan.infra_netns():
@@ -174,6 +182,7 @@ class Lab:
             shutil.copy2(loopback, paths.bin_dir / "loopback")
         argv = [sys.executable, "-m", "calico_lite.cli", "node", "run",
                 "--name", node.name, "--etcd-endpoints", plan.etcd_endpoint,
+                *(self.etcd_tls.argv() if self.etcd_tls else []),
                 "--cni-socket", str(paths.socket), "--run-dir", str(paths.root),
                 "--address", node.address, "--subnet", node.subnet, "--as", str(node.asn),
                 "--rack", f"rack{node.rack}", "--label", f"rack=rack{node.rack}"]
@@ -187,10 +196,13 @@ class Lab:
     def _start_control_plane(self, plan: LabPlan) -> None:
         self.kube.root.mkdir(parents=True, exist_ok=True)
         cp.make_credentials(self.kube, [n.name for n in plan.nodes])
-        cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid))
+        cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid),
+                 etcd=cp.EtcdClient(plan.etcd_local_endpoint, fabric.etcd_tls(plan, "kube-apiserver")))
 
     def _start_kube_sync(self, plan: LabPlan) -> None:
-        cp.start_kube_sync(self.kube, plan.cp_netns, lambda pid: self.store.add_pid("kube-sync", pid))
+        cp.start_kube_sync(self.kube, plan.cp_netns, lambda pid: self.store.add_pid("kube-sync", pid),
+                           etcd=cp.EtcdClient(plan.etcd_local_endpoint, self.etcd_tls))
+
 
     def stop_kube_sync(self) -> None:
         """For benches that write the datastore directly (etcd mode): kube-sync's resync would
