@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 # The environment variables Calico's components read, and the CLI flags that override them.
 ENV = {"ca_file": "ETCD_CA_CERT_FILE", "cert_file": "ETCD_CERT_FILE", "key_file": "ETCD_KEY_FILE"}
-FLAGS = {"ca_file": "--etcd-ca-file", "cert_file": "--etcd-cert-file", "key_file": "--etcd-key-file"}
+FLAGS = {"ca_file": "--etcd-ca-file", "cert_file": "--etcd-cert-file",
+         "key_file": "--etcd-key-file"}
 
 
 class EtcdTlsError(ValueError):
@@ -23,6 +24,7 @@ class EtcdTlsError(ValueError):
 
 @dataclass(frozen=True)
 class EtcdTls:
+    """Paths only (safe to log or pass on a command line: `argv`)."""
     ca_file: str | None = None     # None: the system's trusted CAs
     cert_file: str | None = None   # with key_file: the client's identity
     key_file: str | None = None
@@ -45,14 +47,15 @@ class EtcdTls:
 
     def argv(self) -> list[str]:
         """The calico-lite flags that give these files to a component's command line."""
-        return [a for f, flag in FLAGS.items() if getattr(self, f) for a in (flag, getattr(self, f))]
+        given = [(flag, getattr(self, f)) for f, flag in FLAGS.items() if getattr(self, f)]
+        return [a for pair in given for a in pair]
 
     def credentials(self):
         """gRPC channel credentials from the files, after checking them."""
         import grpc
-        ca = _read(self.ca_file, "CA") if self.ca_file else None
-        cert = key = None
+        ca = cert = key = None
         if self.ca_file:
+            ca = _read(self.ca_file, "CA")
             _certificate(ca, self.ca_file, "CA")
         if self.cert_file and self.key_file:
             cert, key = _read(self.cert_file, "cert"), _read(self.key_file, "key")
@@ -84,11 +87,13 @@ def _check_pair(cert_pem: bytes, cert_path: str, key_pem: bytes, key_path: str) 
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
-        raise EtcdTlsError(f"etcd key file {key_path}: not an unencrypted PEM private key") from None
+        raise EtcdTlsError(f"etcd key file {key_path}: not an unencrypted PEM private key"
+                           ) from None
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     if (key.public_key().public_bytes(serialization.Encoding.DER, pub)
             != cert.public_key().public_bytes(serialization.Encoding.DER, pub)):
-        raise EtcdTlsError(f"etcd key file {key_path} does not match the certificate in {cert_path}")
+        raise EtcdTlsError(f"etcd key file {key_path} does not match the certificate in "
+                           f"{cert_path}")
 
 
 def explain_rpc_error(text: str, tls: EtcdTls | None) -> str:
@@ -103,5 +108,6 @@ def explain_rpc_error(text: str, tls: EtcdTls | None) -> str:
         return (f" (etcd refused the client certificate: "
                 f"{tls.cert_file or 'none given (--etcd-cert-file / $ETCD_CERT_FILE)'})")
     if not tls and ("socket closed" in lowered or "connection reset" in lowered):
-        return " (does etcd serve https? then give the TLS files: --etcd-ca-file, --etcd-cert-file, --etcd-key-file)"
+        return (" (does etcd serve https? then give the TLS files: --etcd-ca-file, "
+                "--etcd-cert-file, --etcd-key-file)")
     return ""

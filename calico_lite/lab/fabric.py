@@ -154,7 +154,8 @@ def start_routers(plan: LabPlan, store: StateStore) -> None:
 def etcdctl_argv(plan: LabPlan, user: str = "root") -> list[str]:
     """etcdctl against the lab's etcd, run inside its control-plane namespace, as `user`
     (with TLS; the lab's admin by default)."""
-    argv = ["ip", "netns", "exec", plan.cp_netns, "etcdctl", "--endpoints", plan.etcd_local_endpoint]
+    argv = ["ip", "netns", "exec", plan.cp_netns, "etcdctl",
+            "--endpoints", plan.etcd_local_endpoint]
     if plan.etcd_tls:
         files = etcd_files(plan)
         client = files.client(user)

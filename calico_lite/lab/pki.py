@@ -121,7 +121,8 @@ class EtcdFiles:
 
     def client(self, user: str) -> CertFiles:
         if user not in ETCD_USERS:
-            raise ValueError(f"no etcd client certificate for {user!r} (users: {', '.join(ETCD_USERS)})")
+            raise ValueError(f"no etcd client certificate for {user!r} "
+                             f"(users: {', '.join(ETCD_USERS)})")
         return CertFiles(self.dir / f"{user}.crt", self.dir / f"{user}.key")
 
     def tls(self, user: str = "calico-lite"):
