@@ -28,6 +28,7 @@ from calico_lite.blocks import Pool
 from calico_lite.cache import Cache
 from calico_lite.cni_backend import DatastoreBackend
 from calico_lite.datastore import Datastore, DatastoreUnavailable
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.health import (DEFAULT_LISTEN, DEFAULT_LIVENESS_TIMEOUT, HealthServer,
                                 Heartbeats, parse_listen, serve_health)
 from calico_lite.ipam import ensure_pool
@@ -58,6 +59,7 @@ class AgentConfig:
     block_release_grace: float = 300.0
     health_listen: str = DEFAULT_LISTEN   # HOST:PORT of /healthz, /readyz, /metrics; "off"
     liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
+    etcd_tls: EtcdTls | None = None   # client TLS files for every Datastore the agent makes
 
 
 class NetlinkPool:
@@ -105,7 +107,7 @@ class NodeAgent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
         self.stop_event = threading.Event()
-        self.ds = Datastore(cfg.etcd_endpoints)
+        self.ds = Datastore(cfg.etcd_endpoints, tls=cfg.etcd_tls)
         self.cache = Cache(self.ds)
         self.backend = DatastoreBackend(self.ds, cfg.node, mtu=self.pod_mtu)
         self._uplink_mtu: tuple[float, int] = (0.0, 1500)
@@ -137,7 +139,7 @@ class NodeAgent:
         addr = parse_listen(self.cfg.health_listen)
         if addr is None:
             return
-        probe = Datastore(self.cfg.etcd_endpoints, timeout=PROBE_TIMEOUT)
+        probe = Datastore(self.cfg.etcd_endpoints, timeout=PROBE_TIMEOUT, tls=self.cfg.etcd_tls)
         self.health = serve_health(addr, self.metrics.registry, agent_checks(self, probe),
                                    self.beats)
 

@@ -2,6 +2,8 @@
 
 Everything that talks to etcd goes through `Datastore`, so connection errors surface as one
 exception type (`DatastoreUnavailable`) that the CNI edge turns into code 11 ("try again").
+Client TLS (`EtcdTls`, etcd_tls.py) is checked when a Datastore is made: a wrong setting is a
+`EtcdTlsError` naming the file or endpoint at start, not a timeout at the first call.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from urllib.parse import urlparse
 import grpc
 import pyetcd
 import pyetcd.events
+
+from calico_lite.etcd_tls import EtcdTls, EtcdTlsError, explain_rpc_error
 
 
 DEFAULT_TIMEOUT = 5.0
@@ -58,22 +62,46 @@ class Op:
         return ("create", key, 0)
 
 
-def _parse_endpoint(endpoint: str) -> tuple[str, int]:
-    url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+def _parse_endpoint(endpoint: str, tls: bool) -> tuple[str, int]:
+    """host and port of an endpoint; its scheme must agree with the TLS settings (an https
+    URL without them, or TLS files with an http URL, is a mistake to report, not to guess)."""
+    url = urlparse(endpoint if "://" in endpoint else f"{'https' if tls else 'http'}://{endpoint}")
     if not url.hostname:
         raise ValueError(f"etcd endpoint {endpoint!r} has no host")
+    if url.scheme == "https" and not tls:
+        raise EtcdTlsError(f"etcd endpoint {endpoint} is https but no TLS files are given "
+                           "(--etcd-ca-file, --etcd-cert-file, --etcd-key-file or "
+                           "$ETCD_CA_CERT_FILE, $ETCD_CERT_FILE, $ETCD_KEY_FILE)")
+    if url.scheme != "https" and tls:
+        raise EtcdTlsError(f"etcd endpoint {endpoint} is plain {url.scheme} but TLS files are "
+                           "given: use an https:// endpoint")
     return url.hostname, url.port or 2379
 
 
+def _grpc_details(e: Exception) -> str:
+    """The gRPC status details the client library drops when it maps a code to its own
+    exception (it raises inside `except`, so the RpcError is the context): they say why a
+    connection failed, e.g. a TLS handshake."""
+    cause = e.__context__
+    if not isinstance(e, grpc.RpcError) and isinstance(cause, grpc.RpcError):
+        details = getattr(cause, "details", lambda: None)()
+        return f" ({details})" if details else ""
+    return ""
+
+
 class Datastore:
-    def __init__(self, endpoints: Iterable[str], timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, endpoints: Iterable[str], timeout: float = DEFAULT_TIMEOUT,
+                 tls: EtcdTls | None = None):
         self.endpoints = list(endpoints)
         if not self.endpoints:
             raise ValueError("no etcd endpoint given")
         self.describe = f"etcd at {','.join(self.endpoints)}"
+        self.tls = tls
+        creds = tls.credentials() if tls else None
         # time_retry=0: a failed endpoint is retried on the next call rather than shunned for
         # the library's default five minutes (an agent that starts before etcd must recover)
-        eps = [pyetcd.Endpoint(*_parse_endpoint(e), secure=False, time_retry=0)
+        eps = [pyetcd.Endpoint(*_parse_endpoint(e, tls is not None), secure=tls is not None,
+                               creds=creds, time_retry=0)
                for e in self.endpoints]
         self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
                                                        failover=True)
@@ -89,7 +117,9 @@ class Datastore:
             return fn(*args, **kw)
         except (pyetcd.Etcd3Exception, grpc.RpcError, ValueError) as e:
             self.on_error(getattr(fn, "__name__", "call"))
-            raise DatastoreUnavailable(f"{self.describe}: {type(e).__name__}: {e}") from None
+            text = f"{type(e).__name__}: {e}{_grpc_details(e)}"
+            raise DatastoreUnavailable(f"{self.describe}: {text}"
+                                       f"{explain_rpc_error(text, self.tls)}") from None
 
     def healthy(self) -> bool:
         try:

@@ -24,6 +24,7 @@ from kubernetes.config.incluster_config import (SERVICE_HOST_ENV_NAME, SERVICE_P
 
 from calico_lite import keys
 from calico_lite.datastore import Datastore
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.ipam import release_node
 from calico_lite.kube_informer import Informer, Kind, reconcile_plan
 from policy.manifests import policy_from_dict, policy_to_dict
@@ -165,11 +166,11 @@ def serve_kube_sync_health(listen: str, informers: list[Informer], ds: Datastore
 def run(etcd_endpoints: list[str], kubeconfig: str | None = None,
         service_account_dir: str | None = None, api_server: str | None = None,
         resync_seconds: float = RESYNC_SECONDS, stop: threading.Event | None = None,
-        health_listen: str = "off") -> None:
+        etcd_tls: EtcdTls | None = None, health_listen: str = "off") -> None:
     """kube-sync's process: one informer thread per kind until stop is set (or SIGTERM)."""
     from calico_lite.health import parse_listen
+    ds = Datastore(etcd_endpoints, tls=etcd_tls)   # a TLS mistake stops it first, named
     client = api_client(kubeconfig, service_account_dir, api_server)
-    ds = Datastore(etcd_endpoints)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

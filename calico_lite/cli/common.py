@@ -39,11 +39,21 @@ def arg(*flags: str, **options) -> Arg:
 # Accepted before the subcommand (`calico-lite --lab x policy get`, as kubectl and calicoctl
 # users type) and after it. SUPPRESS: an option not given leaves no attribute, so a value given
 # before the subcommand is not overwritten by the subcommand parser's default.
+# The etcd options, also taken by `node run` and `kube-sync` (which never reach a lab).
+ETCD_OPTIONS = (
+    arg("--etcd-endpoints", default=argparse.SUPPRESS,
+        help="comma-separated etcd URLs (default $ETCD_ENDPOINTS)"),
+    arg("--etcd-ca-file", default=argparse.SUPPRESS, metavar="FILE",
+        help="CA of etcd's serving certificate (default $ETCD_CA_CERT_FILE)"),
+    arg("--etcd-cert-file", default=argparse.SUPPRESS, metavar="FILE",
+        help="client certificate for etcd (default $ETCD_CERT_FILE)"),
+    arg("--etcd-key-file", default=argparse.SUPPRESS, metavar="FILE",
+        help="client key for etcd (default $ETCD_KEY_FILE)"),
+)
 DATASTORE_OPTIONS = (
     arg("--lab", default=argparse.SUPPRESS,
         help="reach the etcd of the lab NAME (default $CALICO_LITE_LAB)"),
-    arg("--etcd-endpoints", default=argparse.SUPPRESS,
-        help="comma-separated etcd URLs (default $ETCD_ENDPOINTS)"),
+    *ETCD_OPTIONS,
 )
 GLOBAL_FLAGS = tuple(a.flags[0] for a in DATASTORE_OPTIONS)
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -113,18 +123,38 @@ def datastore_target(args: argparse.Namespace, environ: Mapping[str, str] = os.e
     lab = getattr(args, "lab", None) or environ.get("CALICO_LITE_LAB")
     if lab:
         return "lab", lab
-    eps = getattr(args, "etcd_endpoints", None) or environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD)
-    return "etcd", eps.split(",")
+    return "etcd", etcd_endpoints(args, environ)
+
+
+def etcd_endpoints(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """--etcd-endpoints, else $ETCD_ENDPOINTS, else the local default. Given but empty (the
+    DaemonSet with the ConfigMap's etcd_endpoints not set) is an error, not the default."""
+    given = getattr(args, "etcd_endpoints", None)
+    given = environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD) if given is None else given
+    eps = [e.strip() for e in given.split(",") if e.strip()]
+    if not eps:
+        raise ValueError("--etcd-endpoints is empty: give the etcd URLs (in a cluster: "
+                         "etcd_endpoints in the calico-lite ConfigMap, deploy/README.md)")
+    return eps
+
+
+def etcd_tls(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
+    """The etcd client TLS files (EtcdTls) from --etcd-ca-file, --etcd-cert-file,
+    --etcd-key-file, each else its Calico environment variable; None when none is set."""
+    from calico_lite.etcd_tls import EtcdTls
+    return EtcdTls.from_settings({"ca_file": getattr(args, "etcd_ca_file", None),
+                                  "cert_file": getattr(args, "etcd_cert_file", None),
+                                  "key_file": getattr(args, "etcd_key_file", None)}, environ)
 
 
 def datastore(args: argparse.Namespace):
-    """The datastore this command talks to."""
+    """The datastore this command talks to (a lab's: with the lab's own TLS files)."""
     kind, where = datastore_target(args)
     if kind == "lab":
         from calico_lite.lab.lab import Lab
         return Lab(where).datastore()  # type: ignore[arg-type]
     from calico_lite.datastore import Datastore
-    return Datastore(where)
+    return Datastore(where, tls=etcd_tls(args))
 
 
 # --- output and small parsers ----------------------------------------------------------

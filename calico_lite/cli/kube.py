@@ -2,20 +2,17 @@
 (the one kube-sync mirror of the API server; each node's CNI install, the DaemonSet's init step)."""
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
-from calico_lite.cli.common import DEFAULT_ETCD, Group, arg, log_to_stderr
+from calico_lite.cli.common import ETCD_OPTIONS, Group, arg, etcd_endpoints, etcd_tls, log_to_stderr
 
 COMMANDS = Group()
 
 
 @COMMANDS.command(
     "kube-sync",
-    # also a global option (`calico-lite --etcd-endpoints URL kube-sync`): no parser default
-    arg("--etcd-endpoints", default=argparse.SUPPRESS,
-        help="comma-separated etcd URLs (default $ETCD_ENDPOINTS)"),
+    # also global options (`calico-lite --etcd-endpoints URL kube-sync`): no parser default
+    *ETCD_OPTIONS,
     arg("--kubeconfig", help="credentials from this kubeconfig (default: in-cluster)"),
     arg("--service-account-dir", help="in-cluster token, ca.crt, namespace "
                                       "(default /var/run/secrets/kubernetes.io/serviceaccount)"),
@@ -29,9 +26,9 @@ COMMANDS = Group()
 def cmd_kube_sync(args) -> int:  # pragma: no cover - a long-running process (tests/integration/test_kube_sync.py)
     from calico_lite.kube_sync import run
     log_to_stderr()
-    eps = getattr(args, "etcd_endpoints", None) or os.environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD)
-    run(eps.split(","), kubeconfig=args.kubeconfig, service_account_dir=args.service_account_dir,
-        api_server=args.api_server, resync_seconds=args.resync_seconds,
+    run(etcd_endpoints(args), kubeconfig=args.kubeconfig,
+        service_account_dir=args.service_account_dir, api_server=args.api_server,
+        resync_seconds=args.resync_seconds, etcd_tls=etcd_tls(args),
         health_listen=args.health_listen)
     return 0
 

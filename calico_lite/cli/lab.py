@@ -45,11 +45,13 @@ def parse_ports(items: list[str]) -> list[dict]:
                  help="rr: mesh off, nodes peer with route-reflector nodes"),
              arg("--encap", choices=["none", "vxlan", "ipip"], default="none",
                  help="the default pool's encapsulation across subnets (mode CrossSubnet)"),
+             arg("--insecure-etcd", action="store_true",
+                 help="etcd on plain http without client certificates or auth (default: TLS)"),
              help="build and start a lab")
 def cmd_lab_up(args) -> int:
     lab = _lab(args)
     lab.up(args.racks, args.nodes_per_rack, args.bgp, log=lambda m: print(m, file=sys.stderr),
-           encap=args.encap)
+           encap=args.encap, etcd_tls=not args.insecure_etcd)
     print(format_lab_status(lab.status()))
     return 0
 

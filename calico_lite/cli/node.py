@@ -5,14 +5,13 @@ nothing here talks to an agent.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from calico_lite import keys
-from calico_lite.cli.common import DEFAULT_ETCD, Group, arg, datastore, log_to_stderr, print_result
+from calico_lite.cli.common import (ETCD_OPTIONS, Group, arg, datastore, etcd_endpoints, etcd_tls,
+                                    log_to_stderr, print_result)
 from calico_lite.cli.table import boxed
 
 COMMANDS = Group()
@@ -23,8 +22,8 @@ NODE = COMMANDS.group("node", "the node agent")
 @NODE.command(
     "run",
     arg("--name", required=True),
-    # also a global option (`calico-lite --etcd-endpoints URL node run`): no parser default
-    arg("--etcd-endpoints", default=argparse.SUPPRESS),
+    # also global options (`calico-lite --etcd-endpoints URL node run`): no parser default
+    *ETCD_OPTIONS,
     arg("--cni-socket", default="/var/run/calico-lite/cni.sock"),
     arg("--run-dir", default="/var/run/calico-lite"),
     arg("--address", required=True, help="the node's address on its subnet"),
@@ -59,9 +58,8 @@ def cmd_node_run(args) -> int:
         peers.append((addr, int(asn)))
     labels = dict(item.split("=", 1) for item in args.label)
     subnet = args.subnet or detect_subnet(args.address)
-    endpoints = getattr(args, "etcd_endpoints", None) or os.environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD)
     cfg = AgentConfig(
-        node=args.name, etcd_endpoints=endpoints.split(","),
+        node=args.name, etcd_endpoints=etcd_endpoints(args), etcd_tls=etcd_tls(args),
         cni_socket=Path(args.cni_socket), run_dir=Path(args.run_dir), address=args.address,
         subnet=subnet, rack=args.rack, labels=labels,
         block_release_grace=args.block_release_grace,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab.pki import LabCA, make_key_pair
 from calico_lite.lab.plan import API_PORT, ETCD_IP, SERVICE_CIDR, SERVICE_IP
@@ -96,10 +97,27 @@ def make_credentials(paths: KubePaths, node_names: list[str]) -> None:
     make_key_pair(paths.pki / "sa.key", paths.pki / "sa.pub")
 
 
-def apiserver_argv(paths: KubePaths) -> list[str]:
+@dataclass(frozen=True)
+class EtcdClient:
+    """How a control-plane component reaches the lab's etcd: the URL, and the TLS files of
+    its own etcd user (None: plain http)."""
+    endpoint: str = "http://127.0.0.1:2379"
+    tls: EtcdTls | None = None
+
+
+def etcd_flags(etcd: EtcdClient) -> list[str]:
+    """kube-apiserver's etcd flags."""
+    flags = [f"--etcd-servers={etcd.endpoint}"]
+    if etcd.tls:
+        flags += [f"--etcd-cafile={etcd.tls.ca_file}", f"--etcd-certfile={etcd.tls.cert_file}",
+                  f"--etcd-keyfile={etcd.tls.key_file}"]
+    return flags
+
+
+def apiserver_argv(paths: KubePaths, etcd: EtcdClient = EtcdClient()) -> list[str]:
     pki = paths.pki
     return [str(KUBE_BIN / "kube-apiserver"),
-            "--etcd-servers=http://127.0.0.1:2379", "--etcd-prefix=/registry",
+            *etcd_flags(etcd), "--etcd-prefix=/registry",
             f"--advertise-address={ETCD_IP}", "--bind-address=0.0.0.0",
             f"--secure-port={API_PORT}", f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -130,7 +148,7 @@ def scheduler_argv(paths: KubePaths) -> list[str]:
             "--leader-elect=false", "--bind-address=127.0.0.1", "--profiling=false", "--v=0"]
 
 
-def start(paths: KubePaths, cp_netns: str, record_pid) -> None:
+def start(paths: KubePaths, cp_netns: str, record_pid, etcd: EtcdClient = EtcdClient()) -> None:
     """Start the three components in the control-plane namespace; returns once the API server
     answers /readyz. record_pid(label, pid) is called right after each start, so `lab down`
     finds them after any crash."""
@@ -138,7 +156,7 @@ def start(paths: KubePaths, cp_netns: str, record_pid) -> None:
     if missing:
         raise ControlPlaneError(f"Kubernetes binaries missing in {KUBE_BIN}: {', '.join(missing)} "
                                 "(run `make build`: it builds them from deploy/kube/go.mod)")
-    pid = pl.spawn(cp_netns, apiserver_argv(paths), paths.log("kube-apiserver"))
+    pid = pl.spawn(cp_netns, apiserver_argv(paths, etcd), paths.log("kube-apiserver"))
     record_pid("kube-apiserver", pid)
     wait_ready(paths, cp_netns, pid)
     for name, argv in (("kube-controller-manager", controller_manager_argv(paths)),

@@ -13,12 +13,14 @@ import time
 from dataclasses import replace
 
 from calico_lite import keys
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab.frr import FrrRouter, render_frr_config
+from calico_lite.lab.pki import EtcdFiles
 from calico_lite.lab.plan import (ETCD_IP, OUTSIDE_IP, SPINE_AS, SPINE_CP_IP,
                                   SPINE_OUTSIDE_IP, LabPlan)
-from calico_lite.lab.state import StateStore
+from calico_lite.lab.state import StateStore, run_dir
 
 
 class FabricError(RuntimeError):
@@ -66,12 +68,35 @@ def build_outside(plan: LabPlan) -> None:
     pl.ip(out, "route", "add", "default", "via", SPINE_OUTSIDE_IP)
 
 
+def etcd_files(plan: LabPlan) -> EtcdFiles:
+    """Where the lab's etcd CA and certificates are (made by start_etcd)."""
+    return EtcdFiles(run_dir(plan.name) / "etcd-pki")
+
+
+def etcd_tls(plan: LabPlan, user: str) -> EtcdTls | None:
+    """The datastore TLS settings of etcd user `user`; None for a lab with plain http."""
+    return etcd_files(plan).tls(user) if plan.etcd_tls else None
+
+
+def etcd_tls_argv(plan: LabPlan) -> list[str]:
+    """etcd's own flags for https clients that must show a certificate of the lab's etcd CA."""
+    if not plan.etcd_tls:
+        return []
+    files = etcd_files(plan)
+    files.create((ETCD_IP, "127.0.0.1"))
+    return ["--client-cert-auth", "--trusted-ca-file", str(files.ca),
+            "--cert-file", str(files.server.cert), "--key-file", str(files.server.key)]
+
+
 def start_etcd(plan: LabPlan, store: StateStore) -> None:
+    """etcd in the control-plane namespace; with TLS (the default) it serves https only,
+    to clients with a certificate, and its RBAC is on before anything else connects."""
     d = store.dir / "etcd"
     shutil.rmtree(d, ignore_errors=True)
+    local = plan.etcd_local_endpoint
     argv = ["etcd", "--name", plan.name, "--data-dir", str(d / "data"),
-            "--listen-client-urls", f"http://{ETCD_IP}:2379,http://127.0.0.1:2379",
-            "--advertise-client-urls", f"http://{ETCD_IP}:2379",
+            "--listen-client-urls", f"{plan.etcd_endpoint},{local}",
+            "--advertise-client-urls", plan.etcd_endpoint, *etcd_tls_argv(plan),
             "--listen-peer-urls", "http://127.0.0.1:2380",
             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
             "--initial-cluster", f"{plan.name}=http://127.0.0.1:2380",
@@ -80,10 +105,33 @@ def start_etcd(plan: LabPlan, store: StateStore) -> None:
     pid = pl.spawn(plan.cp_netns, argv, d / "etcd.log")
     store.add_pid("etcd", pid)
     deadline = time.monotonic() + 30
-    while not etcd_healthy(plan.cp_netns):
+    while not etcd_healthy(plan):
         if time.monotonic() > deadline or not pl.pid_alive(pid):
             raise FabricError(f"etcd did not become healthy; see {d / 'etcd.log'}")
         time.sleep(0.1)
+    if plan.etcd_tls:
+        enable_etcd_auth(plan)
+
+
+# etcd's RBAC: each user (its certificate's CN) reads and writes its own prefix only. The API
+# server also keeps its compaction marker outside its prefix (`compact_rev_key`).
+ETCD_ROLES = {"calico-lite": ("/calico-lite/",),
+              "kube-apiserver": ("/registry/", "compact_rev_key")}
+
+
+def enable_etcd_auth(plan: LabPlan) -> None:
+    """Users without passwords (a certificate's CN names them), a role per user, then auth
+    on: from now on only `root` may touch anything outside its prefix."""
+    etcdctl(plan, "user", "add", "root", "--no-password")
+    etcdctl(plan, "user", "grant-role", "root", "root")
+    for user, keys_ in ETCD_ROLES.items():
+        etcdctl(plan, "role", "add", user)
+        for key in keys_:
+            prefix = ["--prefix=true"] if key.endswith("/") else []
+            etcdctl(plan, "role", "grant-permission", user, *prefix, "readwrite", key)
+        etcdctl(plan, "user", "add", user, "--no-password")
+        etcdctl(plan, "user", "grant-role", user, user)
+    etcdctl(plan, "auth", "enable")
 
 def write_default_pool(plan: LabPlan) -> None:
     """With --encap, the default pool is written before any agent starts (mode
@@ -91,14 +139,14 @@ def write_default_pool(plan: LabPlan) -> None:
     if plan.encap == "none":
         return  # the agents create the plain default pool themselves
     pool = replace(DEFAULT_POOL, encapsulation=plan.encap, encap_mode="CrossSubnet")
-    etcdctl(plan.cp_netns, "put", keys.pool(pool.name), json.dumps(pool.to_dict(), sort_keys=True))
+    etcdctl(plan, "put", keys.pool(pool.name), json.dumps(pool.to_dict(), sort_keys=True))
 
 def write_bgp_records(plan: LabPlan) -> None:
     """Global BGP settings, peers and node ASNs, as `calico-lite bgp ...` would write them:
     the agents take their peers from the datastore (lab.bgp_records says what per mode)."""
     from calico_lite.lab.bgp_records import bgp_records
     for key, value in bgp_records(plan).items():
-        etcdctl(plan.cp_netns, "put", key, json.dumps(value, sort_keys=True))
+        etcdctl(plan, "put", key, json.dumps(value, sort_keys=True))
 
 def start_routers(plan: LabPlan, store: StateStore) -> None:
     spine_conf = render_frr_config(
@@ -117,17 +165,27 @@ def start_routers(plan: LabPlan, store: StateStore) -> None:
             store.add_pid(f"frr:{name}:{daemon}", pid)
 
 
-def etcdctl(cp_netns: str, *args: str) -> str:
-    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
-                        "http://127.0.0.1:2379", *args],
+def etcdctl_argv(plan: LabPlan, user: str = "root") -> list[str]:
+    """etcdctl against the lab's etcd, run inside its control-plane namespace, as `user`
+    (with TLS; the lab's admin by default)."""
+    argv = ["ip", "netns", "exec", plan.cp_netns, "etcdctl",
+            "--endpoints", plan.etcd_local_endpoint]
+    if plan.etcd_tls:
+        files = etcd_files(plan)
+        client = files.client(user)
+        argv += ["--cacert", str(files.ca), "--cert", str(client.cert), "--key", str(client.key)]
+    return argv
+
+
+def etcdctl(plan: LabPlan, *args: str) -> str:
+    p = subprocess.run([*etcdctl_argv(plan), *args],
                        capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
     if p.returncode != 0:
         raise FabricError(f"etcdctl {' '.join(args[:2])} failed: {p.stderr.strip()}")
     return p.stdout
 
 
-def etcd_healthy(cp_netns: str) -> bool:
-    p = subprocess.run(["ip", "netns", "exec", cp_netns, "etcdctl", "--endpoints",
-                        "http://127.0.0.1:2379", "--dial-timeout", "1s", "endpoint", "health"],
+def etcd_healthy(plan: LabPlan) -> bool:
+    p = subprocess.run([*etcdctl_argv(plan), "--dial-timeout", "1s", "endpoint", "health"],
                        capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
     return p.returncode == 0

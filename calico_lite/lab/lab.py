@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from calico_lite import keys
 from calico_lite.datastore import Datastore
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.health import readyz
 from calico_lite.lab import agents
 from calico_lite.lab import control_plane as cp
@@ -105,11 +106,18 @@ class Lab:
             self._home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             enter(f"/var/run/netns/{self.plan.cp_netns}")
 
+    @property
+    def etcd_tls(self) -> EtcdTls | None:
+        """The TLS files calico-lite's components use for the lab's etcd (its CA, the
+        `calico-lite` client certificate and key); None for `lab up --insecure-etcd`."""
+        return fabric.etcd_tls(self.plan, "calico-lite")
+
     def datastore(self) -> Datastore:
         """The lab's etcd, from inside its control-plane namespace."""
         if self._ds is None:
+            plan, tls = self.plan, self.etcd_tls
             self._enter_cp()
-            self._ds = Datastore(["http://127.0.0.1:2379"])
+            self._ds = Datastore([plan.etcd_local_endpoint], tls=tls)
         return self._ds
 
     def api(self) -> LabApi:
@@ -133,8 +141,8 @@ class Lab:
 
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-           log=print, encap: str = "none") -> LabPlan:
-        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap)
+           log=print, encap: str = "none", etcd_tls: bool = True) -> LabPlan:
+        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap, etcd_tls)
         if self.store.exists():
             raise LabError(f"lab {self.name} already exists; `calico-lite lab down --name "
                            f"{self.name}` first")
@@ -143,7 +151,7 @@ class Lab:
             raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
         with self.store.edit() as st:
             st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp,
-                         "encap": encap}
+                         "encap": encap, "etcd_tls": etcd_tls}
         try:
             t0 = time.monotonic()
             for ns in plan.infra_netns():
@@ -187,8 +195,11 @@ class Lab:
     def rendered_manifests(self, image_tag: str | None = None) -> Path:
         """deploy/ with the lab's values set (manifests.render), written beside the lab's
         kubeconfigs: what `install` applies and `kubectl delete -f` removes."""
+        tls = self.etcd_tls
+        files = ({"ca.crt": Path(tls.ca_file).read_bytes(), "tls.crt": Path(tls.cert_file).read_bytes(),
+                  "tls.key": Path(tls.key_file).read_bytes()} if tls else None)
         docs = manifests.render(manifests.load(), self.plan.etcd_endpoint, MESH_AS, ETCD_IP,
-                                API_PORT, image_tag=image_tag)
+                                API_PORT, etcd_files=files, image_tag=image_tag)
         return manifests.write(docs, self.kube.root / "calico-lite.yaml")
 
     def install(self, timeout: float = READY_TIMEOUT) -> None:
@@ -212,7 +223,8 @@ class Lab:
     def _start_control_plane(self, plan: LabPlan) -> None:
         self.kube.root.mkdir(parents=True, exist_ok=True)
         cp.make_credentials(self.kube, [n.name for n in plan.nodes])
-        cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid))
+        cp.start(self.kube, plan.cp_netns, lambda label, pid: self.store.add_pid(f"kube:{label}", pid),
+                 etcd=cp.EtcdClient(plan.etcd_local_endpoint, fabric.etcd_tls(plan, "kube-apiserver")))
 
     def stop_kube_sync(self, timeout: float = 30.0) -> None:
         """For benches that write the datastore directly (etcd mode): kube-sync's resync would

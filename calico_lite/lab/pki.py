@@ -6,6 +6,10 @@ gets its own identity, as kubeadm would issue it: the admin (system:masters) for
 the controller manager, the scheduler, and one `system:node:NAME` per lab node so the Node
 authorizer confines each node component to its own pods. The service-account key pair signs
 the tokens that kube-sync (and, later, DaemonSet pods) authenticate with.
+
+etcd has a CA of its own (`EtcdFiles`, as kubeadm's etcd/ca): a certificate that etcd
+accepts is then no credential for the API server, nor the other way round. etcd takes the
+client certificate's CN as its user (ETCD_USERS), which its own RBAC confines to a prefix.
 """
 from __future__ import annotations
 
@@ -93,6 +97,47 @@ class LabCA:
         _write_key(key, files.key)
         files.cert.write_bytes(b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
         return files
+
+
+# etcd's users, by client certificate CN: calico-lite's components (agents, kube-sync, the
+# CLI), the API server, and the lab's own admin (root: sets etcd's auth up, seeds records).
+ETCD_USERS = ("calico-lite", "kube-apiserver", "root")
+
+
+@dataclass(frozen=True)
+class EtcdFiles:
+    """Where a lab keeps etcd's CA, its serving certificate and one client certificate per
+    user: the one place that says so, for the lab's processes and for whoever puts the same
+    files into a Kubernetes Secret (`ca`, `client("calico-lite")`)."""
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def server(self) -> CertFiles:
+        return CertFiles(self.dir / "server.crt", self.dir / "server.key")
+
+    def client(self, user: str) -> CertFiles:
+        if user not in ETCD_USERS:
+            raise ValueError(f"no etcd client certificate for {user!r} "
+                             f"(users: {', '.join(ETCD_USERS)})")
+        return CertFiles(self.dir / f"{user}.crt", self.dir / f"{user}.key")
+
+    def tls(self, user: str = "calico-lite"):
+        """The datastore's TLS settings (calico_lite.etcd_tls.EtcdTls) as `user`."""
+        from calico_lite.etcd_tls import EtcdTls
+        c = self.client(user)
+        return EtcdTls(str(self.ca), str(c.cert), str(c.key))
+
+    def create(self, server_ips: tuple[str, ...]) -> None:
+        """The CA, the server certificate for these addresses, every user's certificate."""
+        ca = LabCA(self.dir)
+        ca.create("calico-lite-lab-etcd-ca")
+        ca.issue("server", "etcd", server=True, ips=server_ips)
+        for user in ETCD_USERS:
+            ca.issue(user, user)
 
 
 def make_key_pair(private: Path, public: Path) -> None:

@@ -66,6 +66,7 @@ class LabPlan:
     nodes: tuple[NodePlan, ...]
     tors: tuple[TorPlan, ...]
     encap: str = "none"
+    etcd_tls: bool = True   # False: `lab up --insecure-etcd`, plain http and no auth
 
     @property
     def cp_netns(self) -> str:
@@ -77,7 +78,13 @@ class LabPlan:
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://{ETCD_IP}:2379"
+        """etcd as the nodes reach it."""
+        return f"{'https' if self.etcd_tls else 'http'}://{ETCD_IP}:2379"
+
+    @property
+    def etcd_local_endpoint(self) -> str:
+        """etcd from inside the control-plane namespace (API server, kube-sync, the lab)."""
+        return f"{'https' if self.etcd_tls else 'http'}://127.0.0.1:2379"
 
     @property
     def outside_netns(self) -> str:
@@ -105,7 +112,7 @@ def validate_name(name: str) -> None:
 
 
 def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-              encap: str = "none") -> LabPlan:
+              encap: str = "none", etcd_tls: bool = True) -> LabPlan:
     validate_name(name)
     if not 1 <= racks <= 9:
         raise PlanError(f"--racks {racks}: the lab supports 1 to 9 racks")
@@ -126,4 +133,4 @@ def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: s
         asn = NODE_AS_BASE + i if bgp == "tor" else MESH_AS
         nodes.append(NodePlan(name=f"r{r}n{k}", rack=r, netns=f"{name}-r{r}n{k}", address=addr,
                               subnet=f"10.99.{r}.0/24", gateway=f"10.99.{r}.1", asn=asn))
-    return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap)
+    return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap, etcd_tls)

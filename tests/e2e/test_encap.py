@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from calico_lite.lab import fabric
 from calico_lite.lab.lab import Lab
 from tests.conftest import lab_cli
 from tests.e2e.labutil import lab_name, probe, running_lab, status
@@ -27,9 +28,10 @@ def ip_json(netns: str, *args: str):
 
 
 def node_records(lab: str) -> dict[str, dict]:
-    out = subprocess.run(["ip", "netns", "exec", f"{lab}-cp", "etcdctl", "--endpoints",
-                          "http://127.0.0.1:2379", "get", "--prefix", "/calico-lite/nodes/",
-                          "--print-value-only"], check=True, capture_output=True, text=True,
+    """The node records as etcd holds them, read with etcdctl and the lab's etcd certificates."""
+    argv = fabric.etcdctl_argv(Lab(lab).plan, user="calico-lite")
+    out = subprocess.run([*argv, "get", "--prefix", "/calico-lite/nodes/", "--print-value-only"],
+                         check=True, capture_output=True, text=True,
                          env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}).stdout
     return {r["name"]: r for r in (json.loads(line) for line in out.splitlines() if line.strip())}
 

@@ -10,10 +10,11 @@ import pytest
 
 from calico_lite.cli import build_parser
 from calico_lite.cli.app import parse
-from calico_lite.cli.common import DEFAULT_ETCD, Group, arg, datastore_target
+from calico_lite.cli.common import DEFAULT_ETCD, Group, arg, datastore_target, etcd_endpoints, etcd_tls
 from calico_lite.cli.lab import format_lab_status, parse_ports
 from calico_lite.cli.node import format_node_status
 from calico_lite.cli.table import boxed, columns, row
+from calico_lite.etcd_tls import EtcdTls
 from calico_lite.labels import LabelError, apply_label_changes, parse_label_args
 
 
@@ -62,10 +63,42 @@ def test_global_options_work_before_and_after_the_subcommand(cmd, option, target
 @pytest.mark.parametrize("cmd", [["node", "run", "--name", "n1", "--address", "10.0.0.1"],
                                  ["kube-sync"]], ids=" ".join)
 def test_daemons_take_etcd_endpoints_before_or_after(cmd):
-    """The agent and kube-sync run in a pod, never against a lab: --etcd-endpoints only."""
-    for argv in (["--etcd-endpoints", "http://e:1", *cmd], [*cmd, "--etcd-endpoints", "http://e:1"]):
-        assert parse(argv).etcd_endpoints == "http://e:1"
-    assert not hasattr(parse(cmd), "etcd_endpoints")  # then $ETCD_ENDPOINTS
+    """The agent and kube-sync run in a pod, never against a lab: the etcd options only."""
+    tls = ["--etcd-ca-file", "/c", "--etcd-cert-file", "/t", "--etcd-key-file", "/k"]
+    for argv in (["--etcd-endpoints", "https://e:1", *tls, *cmd],
+                 [*cmd, "--etcd-endpoints", "https://e:1", *tls]):
+        args = parse(argv)
+        assert etcd_endpoints(args, environ={}) == ["https://e:1"]
+        assert etcd_tls(args, environ={}) == EtcdTls("/c", "/t", "/k")
+    args = parse(cmd)
+    assert not hasattr(args, "etcd_endpoints")  # then $ETCD_ENDPOINTS
+    assert etcd_tls(args, environ={}) is None
+
+
+def test_empty_etcd_endpoints_are_an_error_not_the_default():
+    """The DaemonSet passes `--etcd-endpoints $(ETCD_ENDPOINTS)`: an unset ConfigMap value
+    must stop the agent with a reason, not point it at 127.0.0.1."""
+    args = parse(["--etcd-endpoints", "", "kube-sync"])
+    with pytest.raises(ValueError, match="--etcd-endpoints is empty.*ConfigMap"):
+        etcd_endpoints(args, environ={})
+    with pytest.raises(ValueError, match="is empty"):
+        etcd_endpoints(parse(["kube-sync"]), environ={"ETCD_ENDPOINTS": " , "})
+    assert etcd_endpoints(parse(["kube-sync"]), environ={}) == ["http://127.0.0.1:2379"]
+
+
+def test_tls_files_come_from_calicos_variables_unless_a_flag_says_otherwise():
+    env = {"ETCD_CA_CERT_FILE": "/env/ca", "ETCD_CERT_FILE": "/env/crt", "ETCD_KEY_FILE": "/env/key"}
+    assert etcd_tls(parse(["pool", "list"]), environ=env) == EtcdTls("/env/ca", "/env/crt", "/env/key")
+    args = parse(["pool", "list", "--etcd-ca-file", "/flag/ca"])
+    assert etcd_tls(args, environ=env) == EtcdTls("/flag/ca", "/env/crt", "/env/key")
+    assert etcd_tls(args, environ={}) == EtcdTls("/flag/ca")   # the server's CA only
+
+
+@pytest.mark.parametrize("flag", ["--etcd-ca-file", "--etcd-cert-file", "--etcd-key-file"])
+def test_the_tls_options_are_global_too(flag):
+    assert vars(parse([flag, "/f", "pool", "list"])) == vars(parse(["pool", "list", flag, "/f"]))
+    with pytest.raises(SystemExit):
+        parse([flag, "/f", "lab", "probe"])
 
 
 def test_the_option_after_the_subcommand_wins():

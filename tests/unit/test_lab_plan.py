@@ -11,7 +11,13 @@ def test_default_plan_is_two_racks_of_two_on_separate_subnets():
     assert [n.address for n in p.nodes] == ["10.99.1.11", "10.99.1.12", "10.99.2.11", "10.99.2.12"]
     assert {n.subnet for n in p.nodes} == {"10.99.1.0/24", "10.99.2.0/24"}
     assert all(n.netns.startswith("lab-") for n in p.nodes)
-    assert p.etcd_endpoint == "http://10.97.0.10:2379"
+    assert p.etcd_endpoint == "https://10.97.0.10:2379"
+    assert p.etcd_local_endpoint == "https://127.0.0.1:2379"
+
+
+def test_an_insecure_etcd_lab_says_http():
+    p = make_plan(etcd_tls=False)
+    assert (p.etcd_endpoint, p.etcd_local_endpoint) == ("http://10.97.0.10:2379", "http://127.0.0.1:2379")
 
 
 def test_the_outside_host_is_an_infra_namespace_beyond_every_pool_and_node_subnet():
