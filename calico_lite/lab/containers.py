@@ -14,7 +14,6 @@ on purpose and a kubelet would otherwise start it again.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgp.process import pid_alive
+from calico_lite.lab.node_api import now
 from calico_lite.lab.podspec import ContainerProcess
 
 log = logging.getLogger("calico-lite.lab.containers")
@@ -35,10 +35,6 @@ IMAGE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
              "PYTHONPATH": str(REPO)}
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 INIT_TIMEOUT = 120.0
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def probe_once(probe: dict, host_ip: str) -> str:
@@ -126,13 +122,13 @@ class Container:
             self.popen = subprocess.Popen(self.process.argv, stdout=out, stderr=out,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
                                           env={**IMAGE_ENV, **self.process.env}, cwd="/")
-        self.pid, self.started_at, self.waiting = self.popen.pid, now_iso(), ""
+        self.pid, self.started_at, self.waiting = self.popen.pid, now(), ""
         self.watch_probes()
         return self.pid
 
     def adopt(self, pid: int) -> None:
         """A container a previous node component started (the process outlives it)."""
-        self.pid, self.started_at, self.waiting = pid, now_iso(), ""
+        self.pid, self.started_at, self.waiting = pid, now(), ""
         self.watch_probes()
 
     def watch_probes(self) -> None:
@@ -174,7 +170,7 @@ class Container:
     def record_exit(self) -> None:
         code = self.exit_code()
         self.last_exit = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                          "startedAt": self.started_at, "finishedAt": now_iso()}
+                          "startedAt": self.started_at, "finishedAt": now()}
         log.info(json.dumps({"event": "container-exited", "container": self.name, "pid": self.pid,
                              "exit_code": code}))
         self.popen, self.pid = None, 0

@@ -19,7 +19,8 @@ from kubernetes import client
 
 from bgp.process import kill_pids, pid_alive
 from calico_lite.lab import podspec
-from calico_lite.lab.containers import BACKOFF_MAX, BACKOFF_START, Container, now_iso, run_init
+from calico_lite.lab.containers import BACKOFF_MAX, BACKOFF_START, Container, run_init
+from calico_lite.lab.node_api import now
 from calico_lite.lab.state import StateStore
 from calico_lite.lab.volumes import ApiObjects, make_volumes, token_refresh_due
 
@@ -174,7 +175,7 @@ class HostPod:
                                      for s in statuses]])
         if digest == self.reported:
             return
-        t = now_iso()
+        t = now()
         conds = [{"type": k, "status": "True", "lastTransitionTime": t}
                  for k in ("PodReadyToStartContainers", "Initialized", "PodScheduled")]
         conds += [{"type": k, "status": "True" if ready else "False", "lastTransitionTime": t}

@@ -31,8 +31,9 @@ from kubernetes.client.exceptions import ApiException
 from calico_lite.lab import plumbing as pl
 from calico_lite.lab import runtime
 from calico_lite.lab.hostpods import HostPods, NodeSide
+from calico_lite.lab.node_api import node_manifest, now, running_status, served_ports, service_env
 from calico_lite.lab.podspec import host_path
-from calico_lite.lab.control_plane import KUBE_VERSION, KubePaths
+from calico_lite.lab.control_plane import KubePaths
 from calico_lite.lab.plan import SERVICE_IP
 from calico_lite.lab.probe import probe_from
 from calico_lite.lab.state import StateStore, run_dir
@@ -49,10 +50,6 @@ def api_reason(e: ApiException) -> str:
     return f"{e.status} {e.reason}"
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass
 class Sandbox:
     """A pod's sandbox on this node, as recorded on disk (the runtime's own state)."""
@@ -62,43 +59,6 @@ class Sandbox:
     container_id: str
     netns: str
     ip: str = ""
-
-
-def service_env(service_ip: str, port: int = 443) -> dict[str, str]:
-    """The `kubernetes` Service's variables a kubelet gives every container."""
-    url = f"tcp://{service_ip}:{port}"
-    return {"KUBERNETES_SERVICE_HOST": service_ip, "KUBERNETES_SERVICE_PORT": str(port),
-            "KUBERNETES_SERVICE_PORT_HTTPS": str(port), "KUBERNETES_PORT": url,
-            f"KUBERNETES_PORT_{port}_TCP": url, f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
-            f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
-            f"KUBERNETES_PORT_{port}_TCP_ADDR": service_ip}
-
-
-def served_ports(pod: dict) -> list[str]:
-    """Every declared containerPort as the echo server's `proto:port` (pure). SCTP cannot be
-    served on this kernel; it is declared (for named-port policies) but left unserved."""
-    out = []
-    for c in pod["spec"].get("containers", []):
-        for p in c.get("ports") or []:
-            proto = (p.get("protocol") or "TCP").lower()
-            if proto in ("tcp", "udp") and f"{proto}:{p['containerPort']}" not in out:
-                out.append(f"{proto}:{p['containerPort']}")
-    return out
-
-
-def running_status(pod: dict, ip: str, host_ip: str, container_id: str) -> dict:
-    """The status a kubelet writes once the pod's containers run (pure)."""
-    t = now()
-    conditions = [{"type": k, "status": "True", "lastTransitionTime": t}
-                  for k in ("PodReadyToStartContainers", "Initialized", "ContainersReady",
-                            "Ready", "PodScheduled")]
-    containers = [{"name": c["name"], "image": c.get("image", ""), "imageID": "",
-                   "containerID": f"lab://{container_id}", "ready": True, "started": True,
-                   "restartCount": 0, "state": {"running": {"startedAt": t}}}
-                  for c in pod["spec"].get("containers", [])]
-    return {"status": {"phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-                       "podIP": ip, "podIPs": [{"ip": ip}], "startTime": t,
-                       "conditions": conditions, "containerStatuses": containers}}
 
 
 class NodeComponent:
@@ -128,35 +88,9 @@ class NodeComponent:
         """The kubelet's network readiness: a CNI config in the node's conf dir."""
         return any(self.conf_dir.glob("*.conflist"))
 
-    def node_object(self) -> dict:
-        n = self.node_plan
-        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                 "message": "calico-lite lab node component is posting ready status",
-                 "lastHeartbeatTime": now(), "lastTransitionTime": now()}
-        if not self.network_ready:   # as a kubelet says until the CNI plugin is installed
-            ready.update(status="False", reason="KubeletNotReady",
-                         message="container runtime network not ready: NetworkReady=false "
-                                 "reason:NetworkPluginNotReady message:Network plugin returns "
-                                 "error: cni plugin not initialized")
-        resources = {"cpu": "2", "memory": "4Gi", "pods": "110"}
-        return {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": n.name, "labels": {
-                    "kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": f"rack{n.rack}",
-                    "rack": f"rack{n.rack}"}},
-                "status": {"addresses": [{"type": "InternalIP", "address": n.address},
-                                         {"type": "Hostname", "address": n.name}],
-                           "conditions": [ready], "capacity": resources,
-                           "allocatable": resources,
-                           "nodeInfo": {"kubeletVersion": KUBE_VERSION, "operatingSystem": "linux",
-                                        "architecture": "amd64", "osImage": "calico-lite lab",
-                                        "containerRuntimeVersion": "calico-lite-lab://1",
-                                        "kernelVersion": "", "machineID": "", "systemUUID": "",
-                                        "bootID": "", "kubeProxyVersion": ""}}}
-
     def register(self) -> None:
         self.network_ready = self.cni_installed()
-        body = self.node_object()
+        body = node_manifest(self.node_plan, self.network_ready)
         try:
             self.core.create_node(body)
         except ApiException as e:
@@ -185,7 +119,7 @@ class NodeComponent:
             try:
                 if self.cni_installed() != self.network_ready:
                     self.network_ready = not self.network_ready
-                    self.core.patch_node_status(self.node, {"status": self.node_object()["status"]})
+                    self.core.patch_node_status(self.node, {"status": node_manifest(self.node_plan, self.network_ready)["status"]})
                 if time.monotonic() - renewed > RENEW_EVERY:
                     self.renew_lease()
                     renewed = time.monotonic()

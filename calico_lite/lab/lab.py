@@ -27,18 +27,14 @@ from calico_lite.lab.plan import API_PORT, ETCD_IP, MESH_AS, LabPlan, PlanError,
 from calico_lite.lab.podspec import host_path
 from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
-from calico_lite.lab.state import StateStore
+from calico_lite.lab.state import LabError, StateStore
+from calico_lite.lab.waits import READY_TIMEOUT, LabWaits
 from plugin.netns import enter, setns
 
 if TYPE_CHECKING:  # the kubernetes client costs ~1 s to import: only where it is used
     from calico_lite.lab.cluster import LabApi
 
-READY_TIMEOUT = 90.0
 REPO = Path(__file__).resolve().parents[2]
-
-
-class LabError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ class NodePaths:
         return self.host("/var/log/calico-lite") / "cni.log"
 
 
-class Lab:
+class Lab(LabWaits):
     def __init__(self, name: str = "lab"):
         self.name = name
         self.store = StateStore(name)
@@ -244,18 +240,6 @@ class Lab:
         self.store.add_pid(f"kubelet:{node.name}", pid)
         return pid
 
-    def _wait_nodes(self, plan: LabPlan, timeout: float = READY_TIMEOUT) -> None:
-        """Every lab node registered and Ready in the API (its node component is up)."""
-        deadline = time.monotonic() + timeout
-        while missing := sorted({n.name for n in plan.nodes} - self.api().ready_nodes()):
-            dead = [k for k, pid in self.store.load().pids.items()
-                    if k.startswith(("kubelet:", "kube:")) and not pl.pid_alive(pid)]
-            if dead or time.monotonic() > deadline:
-                raise LabError(f"nodes not Ready in the API: {', '.join(missing)}"
-                               + (f"; exited: {', '.join(dead)}" if dead else "")
-                               + f" (see {self.store.dir}/nodes/NODE/kubelet.log, {self.kube.root})")
-            time.sleep(0.2)
-
     def kubectl_argv(self, args: list[str]) -> list[str]:
         self.plan  # noqa: B018 - raises LabError if the lab is not up
         return cp.kubectl_argv(self.kube, self.plan.cp_netns, args)
@@ -300,79 +284,6 @@ class Lab:
             return agents.restart(self.store, name)
         except agents.AgentError as e:
             raise LabError(str(e)) from None
-
-    def _wait_ready(self, plan: LabPlan) -> None:
-        """Every agent serves its CNI socket and has all its BGP sessions Established."""
-        ds = self.datastore()
-        deadline = time.monotonic() + READY_TIMEOUT
-        pending = [n.name for n in plan.nodes]
-        while pending:
-            for name in list(pending):
-                status = (ds.get(keys.status(name)) or None)
-                peers = status.value.get("peers", []) if status else []
-                if (self.node_paths(name).socket.exists() and peers
-                        and all(p["state"] == "Established" for p in peers)):
-                    pending.remove(name)
-            if time.monotonic() > deadline:
-                raise LabError(f"nodes not ready after {READY_TIMEOUT:.0f}s: {', '.join(pending)} "
-                               f"(see {self.store.dir}/nodes/NODE/logs/agent.log)")
-            time.sleep(0.2)
-
-    def converged(self) -> list[str]:
-        """Nodes whose routing does not yet know every block in the datastore (empty: done)."""
-        ds = self.datastore()
-        wanted = {keys.block_cidr(e.key) for e in ds.list(keys.AFFINITIES)}
-        lagging = []
-        for n in self.plan.nodes:
-            e = ds.get(keys.status(n.name))
-            s = e.value if e else {}
-            known = (set(s.get("blocks", [])) | {r["prefix"] for r in s.get("routes", [])}
-                     | {r["prefix"] for r in s.get("skipped", [])})
-            if not wanted <= known:
-                lagging.append(n.name)
-        return lagging
-
-    def wait_converged(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while lagging := self.converged():
-            if time.monotonic() > deadline:
-                raise LabError(f"routes not converged after {timeout:.0f}s on {', '.join(lagging)}")
-            time.sleep(0.1)
-
-    def wait_mirrored(self, timeout: float = 30.0) -> None:
-        """Until kube-sync has brought the API's namespaces, pods and policies as of now into
-        the datastore: the records it should have written (its own pure transforms of a fresh
-        listing) are the ones there."""
-        from calico_lite.kube_sync import mirror_difference
-        deadline = time.monotonic() + timeout
-        while diff := mirror_difference(self.api().listing(), self.datastore()):
-            if time.monotonic() > deadline:
-                raise LabError(f"kube-sync has not mirrored the API after {timeout:.0f}s: {diff} "
-                               f"(see {self.kube.log('kube-sync')})")
-            time.sleep(0.05)
-
-    def wait_policy(self, timeout: float = 30.0) -> float:
-        """Until every agent has enforced everything in the API as of now; returns the seconds
-        it took. First kube-sync must have mirrored the API into the datastore; then a barrier
-        write makes each agent's policy controller run once more, and its published revision
-        tells when it has."""
-        start = time.monotonic()
-        self.wait_mirrored(timeout)
-        ds = self.datastore()
-        barrier = ds.put(keys.BARRIER, {"at": time.time()})
-        pending = {n.name for n in self.plan.nodes}
-        while pending:
-            for name in list(pending):
-                e = ds.get(keys.policy_status(name))
-                if e and e.value.get("revision", 0) >= barrier:
-                    if e.value.get("error"):
-                        raise LabError(f"policy on {name} not applied: {e.value['error']}")
-                    pending.discard(name)
-            if pending and time.monotonic() - start > timeout:
-                raise LabError(f"policy not enforced after {timeout:.0f}s on {', '.join(sorted(pending))}")
-            if pending:
-                time.sleep(0.02)
-        return time.monotonic() - start
 
     # --- down ----------------------------------------------------------------------------
     def down(self) -> list[str]:

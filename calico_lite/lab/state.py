@@ -16,6 +16,10 @@ from typing import Iterator
 RUN_ROOT = Path(os.environ.get("CALICO_LITE_RUN", "/run/calico-lite/labs"))
 
 
+class LabError(RuntimeError):
+    """Something about a lab that the user can act on, in one line."""
+
+
 def run_dir(name: str) -> Path:
     return RUN_ROOT / name
 
