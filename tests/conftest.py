@@ -71,9 +71,10 @@ def shim() -> Path:
     return SHIM
 
 
-def lab_cli(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+def lab_cli(*args: str, check: bool = True, timeout: float = 180,
+            input: str | None = None) -> subprocess.CompletedProcess:
     p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "CALICO_LITE_LAB": ""})
+                       env={**os.environ, "CALICO_LITE_LAB": ""}, input=input)
     if check and p.returncode != 0:
         raise AssertionError(f"calico-lite {' '.join(args)} failed ({p.returncode}):\n"
                              f"{p.stdout}\n{p.stderr}")

@@ -90,6 +90,22 @@ def test_the_agents_are_the_daemonsets_pods_run_as_the_manifest_says(lab):
     assert 'calico_lite_kube_sync_synced{kind="networkpolicies"} 1.0' in metrics
 
 
+def test_the_api_server_accepts_deploy_as_shipped(lab):
+    """deploy/ and deploy/cleanup/ as an operator downloads them, validated by the API server
+    of the version we build (`--dry-run=server`: schema, defaults, admission), nothing stored."""
+    out = kubectl(lab, "apply", "--dry-run=server", "-f", str(REPO / "deploy"),
+                  "-f", str(REPO / "deploy" / "cleanup"))
+    for kind in ("daemonset.apps/calico-lite-node", "deployment.apps/calico-lite-kube-sync",
+                 "daemonset.apps/calico-lite-cleanup", "secret/calico-lite-etcd"):
+        assert kind in out, out
+    assert "server dry run" in out
+    broken = (REPO / "deploy" / "calico-lite.yaml").read_text().replace(
+        "maxUnavailable: 1", "maxUnavailable: one-at-a-time")
+    p = lab_cli("lab", "kubectl", "--name", lab, "--", "apply", "--dry-run=server", "-f", "-",
+                check=False, input=broken)
+    assert p.returncode != 0 and "maxUnavailable" in p.stderr, p.stderr
+
+
 def test_a_broken_agent_is_not_ready_in_kubernetes(lab):
     """BGP cut on r1n1 (tcp/179 dropped in its namespace): after the hold time its /readyz
     fails, the readiness probe says so, the pod and the DaemonSet count it unready; the cut
