@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   every node has a route to every pod block after {(time.monotonic() - t) * 1000:.0f} ms")
     print()
     print(format_lab_status(lab.status()))
-    for what in (["get", "nodes", "-o", "wide"], ["get", "pods", "-n", "demo", "-o", "wide"]):
+    for what in (["get", "nodes", "-o", "wide"], ["get", "ds,deploy", "-n", "kube-system"],
+                 ["get", "pods", "-A", "-o", "wide"]):
         print(f"\n$ calico-lite lab kubectl -- {' '.join(what)}", flush=True)
         subprocess.run(lab.kubectl_argv(what), check=True)
     print("\n== pod-to-pod TCP port 80, every pair")
