@@ -28,7 +28,7 @@ from calico_lite.lab.podspec import host_path
 from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import LabError, StateStore
-from calico_lite.lab.waits import READY_TIMEOUT, LabWaits
+from calico_lite.lab.waits import LabWaits, ready_timeout
 from plugin.netns import enter, setns
 
 if TYPE_CHECKING:  # the kubernetes client costs ~1 s to import: only where it is used
@@ -198,13 +198,13 @@ class Lab(LabWaits):
                                 API_PORT, etcd_files=files, image_tag=image_tag)
         return manifests.write(docs, self.kube.root / "calico-lite.yaml")
 
-    def install(self, timeout: float = READY_TIMEOUT) -> None:
+    def install(self) -> None:
         """`kubectl apply -f` the rendered deploy/, then wait until the DaemonSet and the
         kube-sync Deployment have rolled out (every pod Ready by its readiness probe)."""
         self.kubectl("apply", "-f", str(self.rendered_manifests()))
-        self.wait_rolled_out(timeout)
+        self.wait_rolled_out(ready_timeout(self.plan))
 
-    def wait_rolled_out(self, timeout: float = READY_TIMEOUT) -> None:
+    def wait_rolled_out(self, timeout: float) -> None:
         def dead() -> str:
             return ", ".join(k for k, pid in self.store.load().pids.items()
                              if k.startswith(("kubelet:", "kube:")) and not pl.pid_alive(pid))

@@ -12,12 +12,18 @@ from calico_lite.lab.plan import LabPlan
 from calico_lite.lab.state import LabError
 
 READY_TIMEOUT = 90.0
+PER_NODE = 4.0   # a 2-core machine starts every node's agent, ExaBGP and node component itself
+
+
+def ready_timeout(plan: LabPlan) -> float:
+    """How long `lab up` waits for each stage: longer for a bigger lab (50 nodes: 200 s)."""
+    return max(READY_TIMEOUT, PER_NODE * len(plan.nodes))
 
 
 class LabWaits:
-    def _wait_nodes(self, plan: LabPlan, timeout: float = READY_TIMEOUT) -> None:
+    def _wait_nodes(self, plan: LabPlan) -> None:
         """Every lab node registered and Ready in the API (its node component is up)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + ready_timeout(plan)
         while missing := sorted({n.name for n in plan.nodes} - self.api().ready_nodes()):
             dead = [k for k, pid in self.store.load().pids.items()
                     if k.startswith(("kubelet:", "kube:")) and not pl.pid_alive(pid)]
@@ -30,7 +36,8 @@ class LabWaits:
     def _wait_ready(self, plan: LabPlan) -> None:
         """Every agent serves its CNI socket and has all its BGP sessions Established."""
         ds = self.datastore()
-        deadline = time.monotonic() + READY_TIMEOUT
+        timeout = ready_timeout(plan)
+        deadline = time.monotonic() + timeout
         pending = [n.name for n in plan.nodes]
         while pending:
             for name in list(pending):
@@ -40,7 +47,7 @@ class LabWaits:
                         and all(p["state"] == "Established" for p in peers)):
                     pending.remove(name)
             if time.monotonic() > deadline:
-                raise LabError(f"nodes not ready after {READY_TIMEOUT:.0f}s: {', '.join(pending)} "
+                raise LabError(f"nodes not ready after {timeout:.0f}s: {', '.join(pending)} "
                                f"(see {self.store.dir}/nodes/NODE/logs/agent.log)")
             time.sleep(0.2)
 
