@@ -84,7 +84,7 @@ def test_each_etcd_user_is_kept_to_its_own_prefix(lab):
     assert denied.returncode != 0 and "permission denied" in denied.stderr
     denied = etcdctl(lab, "put", "/calico-lite/x", "1", user="kube-apiserver")
     assert denied.returncode != 0 and "permission denied" in denied.stderr
-    pods = etcdctl(lab, "get", "--prefix", "/registry/pods/", "--keys-only", user="kube-apiserver")
+    pods = etcdctl(lab, "get", "--prefix", "/registry/pods/default/", "--keys-only", user="kube-apiserver")
     assert pods.returncode == 0 and len(pods.stdout.split()) == 2 * len(NODES), pods.stderr
 
 
