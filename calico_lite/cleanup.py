@@ -54,10 +54,13 @@ def _table_exists() -> bool:
 
 
 def _devices() -> list[str]:
-    present = _ip("-o", "link", "show")
-    # tunl0 is the kernel's own fallback device once the ipip module is loaded: ours only if up
-    return [d for d in DEVICES.values() if f" {d}@" in present or f" {d}:" in present
-            if d != "tunl0" or "tunl0@NONE: <NOARP,UP" in present]
+    """Our tunnel devices that are present. tunl0 is the kernel's own fallback device once the
+    ipip module is loaded: it counts as ours only while up (the agent sets it up)."""
+    links = {}
+    for line in _ip("-o", "link", "show").splitlines():
+        name, flags = line.split(": ")[1].split("@")[0], line.split("<", 1)[-1].split(">")[0]
+        links[name] = flags.split(",")
+    return [d for d in DEVICES.values() if d in links and (d != "tunl0" or "UP" in links[d])]
 
 
 def leftovers(files: NodeFiles) -> list[str]:
