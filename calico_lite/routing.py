@@ -27,7 +27,8 @@ from calico_lite.tunnels import TunnelInputs, TunnelState, TunnelSync
 
 log = logging.getLogger("calico-lite.routing")
 RESYNC_SECONDS = 5.0
-# what routing is computed from; pod churn (workloads, k8s records) must not wake it
+# what routing is computed from; pod churn (workloads, pod records) must not wake it, though
+# an EndpointSlice change does (a Local Service's /32 follows its ready endpoints)
 INPUTS = (keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.POOLS, keys.ROOT + "bgp/", keys.K8S_NODES,
           keys.K8S_SERVICES, keys.K8S_ENDPOINTSLICES)   # services: calico_lite.services
 

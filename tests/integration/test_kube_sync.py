@@ -259,8 +259,10 @@ def test_services_and_endpointslices_reach_etcd(cluster):
     arrived(c, keys.k8s_service("ks-svc", "web"), lambda v: v["loadBalancerIPs"] == ["198.51.100.7"])
 
     key = keys.k8s_endpointslice("ks-svc", "web-1")
+    c.apply(endpointslice("ks-svc", "web-1", "web"))   # served back as `endpoints: null`
+    assert arrived(c, key)["endpoints"] == []
     c.apply(endpointslice("ks-svc", "web-1", "web", ("10.244.0.5", "n1", True), ("10.244.0.6", "n2", False)))
-    rec = arrived(c, key)
+    rec = arrived(c, key, lambda v: v["endpoints"])
     assert rec == {"namespace": "ks-svc", "service": "web",
                    "endpoints": [{"node": "n1", "ready": True}, {"node": "n2", "ready": False}]}
     c.apply(endpointslice("ks-svc", "web-1", "web", ("10.244.0.6", "n2", True)))
