@@ -68,6 +68,36 @@ def lab():
         yield name
 
 
+def create_local_service(lab: str) -> tuple[str, ...]:
+    """The Service, its LoadBalancer IP patched in as a cloud controller would; its /32s."""
+    kubectl(lab, "create", "namespace", NS)
+    kubectl(lab, "apply", "-f", "-", input=json.dumps(SERVICE))
+    kubectl(lab, "patch", "service", "web", "-n", NS, "--subresource=status", "--type=merge", "-p",
+            json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}}))
+    cluster_ip = kubectl(lab, "get", "service", "web", "-n", NS, "-o", "jsonpath={.spec.clusterIP}")
+    return f"{cluster_ip}/32", f"{EXTERNAL_IP}/32", f"{LB_IP}/32"
+
+
+def pod_add(lab: str, pod: str, node: str, app: str = "web") -> None:
+    lab_cli("lab", "pod", "add", f"{NS}/{pod}", "--node", node, "--label", f"app={app}",
+            "--serve", "tcp:80", "--name", lab)
+
+
+def pod_del(lab: str, pod: str) -> None:
+    lab_cli("lab", "pod", "del", f"{NS}/{pod}", "--name", lab)
+
+
+def set_policy(lab: str, policy: str) -> None:
+    kubectl(lab, "patch", "service", "web", "-n", NS, "--type=merge", "-p",
+            json.dumps({"spec": {"externalTrafficPolicy": policy}}))
+
+
+def kernel_destinations(lab: str, node: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", f"{lab}-{node}", "-j", "route", "show", "proto", "88"],
+                         capture_output=True, text=True, check=True).stdout
+    return {r["dst"] for r in json.loads(out or "[]")}
+
+
 def test_local_service_32s_follow_ready_endpoints_and_ranges_come_from_every_node(lab):
     addresses = {n["name"]: n["address"] for n in status(lab)["nodes"]}
     set_ranges(lab)
@@ -76,13 +106,7 @@ def test_local_service_32s_follow_ready_endpoints_and_ranges_come_from_every_nod
     for prefix in (CLUSTER_RANGE, EXTERNAL_RANGE, LB_RANGE):
         wait_for(lambda: announcers(lab, prefix, addresses) == set(NODES),
                  f"{prefix} announced by every node", timeout=60, interval=0.5)
-
-    kubectl(lab, "create", "namespace", NS)
-    kubectl(lab, "apply", "-f", "-", input=json.dumps(SERVICE))
-    kubectl(lab, "patch", "service", "web", "-n", NS, "--subresource=status", "--type=merge", "-p",
-            json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}}))
-    cluster_ip = json.loads(kubectl(lab, "get", "service", "web", "-n", NS, "-o", "json"))["spec"]["clusterIP"]
-    service_32s = (f"{cluster_ip}/32", f"{EXTERNAL_IP}/32", f"{LB_IP}/32")
+    service_32s = create_local_service(lab)
 
     def expect(nodes: set[str], why: str) -> None:
         for prefix in service_32s:
@@ -90,37 +114,29 @@ def test_local_service_32s_follow_ready_endpoints_and_ranges_come_from_every_nod
                      f"{prefix} announced by {sorted(nodes)} ({why})", timeout=60, interval=0.5)
 
     expect(set(), "no endpoint yet")
-    lab_cli("lab", "pod", "add", f"{NS}/web-1", "--node", "r1n1", "--label", "app=web",
-            "--serve", "tcp:80", "--name", lab)
+    pod_add(lab, "web-1", "r1n1")
     expect({"r1n1"}, "web-1 on r1n1")
-    lab_cli("lab", "pod", "add", f"{NS}/web-2", "--node", "r2n2", "--label", "app=web",
-            "--serve", "tcp:80", "--name", lab)
+    pod_add(lab, "web-2", "r2n2")
+    pod_add(lab, "other", "r1n2", app="other")   # not selected: r1n2 stays out
     expect({"r1n1", "r2n2"}, "web-2 on r2n2 too")
-    lab_cli("lab", "pod", "add", f"{NS}/other", "--node", "r1n2", "--label", "app=other",
-            "--serve", "tcp:80", "--name", lab)   # not selected: r1n2 stays out
 
     advertised = {a["prefix"]: a["reason"] for a in node_status(lab, "r2n2")["services"]}
     assert advertised[f"{EXTERNAL_IP}/32"] == f"{NS}/web external IP, local endpoint"
     assert advertised[CLUSTER_RANGE] == "service cluster IP range"
-    assert not {f"{EXTERNAL_IP}/32"} & {a["prefix"] for a in node_status(lab, "r1n2")["services"]}
+    assert f"{EXTERNAL_IP}/32" not in {a["prefix"] for a in node_status(lab, "r1n2")["services"]}
     # paths learned for service prefixes are the fabric's, never a node's kernel route
-    routes = json.loads(subprocess.run(["ip", "-n", f"{lab}-r1n2", "-j", "route", "show", "proto", "88"],
-                                       capture_output=True, text=True, check=True).stdout or "[]")
-    assert not {r["dst"] for r in routes} & {CLUSTER_RANGE, EXTERNAL_RANGE, LB_RANGE, *service_32s}
+    assert not kernel_destinations(lab, "r1n2") & {CLUSTER_RANGE, EXTERNAL_RANGE, LB_RANGE, *service_32s}
 
-    lab_cli("lab", "pod", "del", f"{NS}/web-1", "--name", lab)
+    pod_del(lab, "web-1")
     expect({"r2n2"}, "web-1 deleted: moved to r2n2 alone")
-    lab_cli("lab", "pod", "add", f"{NS}/web-3", "--node", "r2n1", "--label", "app=web",
-            "--serve", "tcp:80", "--name", lab)
+    pod_add(lab, "web-3", "r2n1")
     expect({"r2n1", "r2n2"}, "web-3 on r2n1")
-    kubectl(lab, "patch", "service", "web", "-n", NS, "--type=merge", "-p",
-            json.dumps({"spec": {"externalTrafficPolicy": "Cluster"}}))
+    set_policy(lab, "Cluster")
     expect(set(), "Cluster policy: the ranges suffice")
-    kubectl(lab, "patch", "service", "web", "-n", NS, "--type=merge", "-p",
-            json.dumps({"spec": {"externalTrafficPolicy": "Local"}}))
+    set_policy(lab, "Local")
     expect({"r2n1", "r2n2"}, "Local again")
     for pod in ("web-2", "web-3"):
-        lab_cli("lab", "pod", "del", f"{NS}/{pod}", "--name", lab)
+        pod_del(lab, pod)
     expect(set(), "the last endpoint went")
     for prefix in service_32s:
         wait_for(lambda: not anywhere(lab, prefix), f"{prefix} withdrawn from the fabric",
