@@ -202,7 +202,8 @@ class RoutingController:
             self.cache.items(keys.K8S_ENDPOINTSLICES).values(), self.node)
 
     def read_inputs(self, own: frozenset[str]) -> RoutingInputs:
-        learned = without_service_paths(self.speaker.learned(), self.service_ranges)
+        pools = [p["cidr"] for p in self.cache.items(keys.POOLS).values() if p.get("cidr")]
+        learned = without_service_paths(self.speaker.learned(), self.service_ranges, pools)
         return RoutingInputs(
             own=own,
             learned=frozenset((p, frozenset(ps)) for p, ps in learned.items()),

@@ -108,16 +108,20 @@ def _local_addresses(svc: Mapping, ranges: ServiceRanges) -> list[tuple[str, str
     return out
 
 
-def without_service_paths(learned: Mapping[str, object], ranges: ServiceRanges) -> dict:
+def without_service_paths(learned: Mapping[str, object], ranges: ServiceRanges,
+                          pools: Iterable[str] = ()) -> dict:
     """learned (prefix -> paths) without the prefixes inside a service range: other nodes'
-    service announcements are for the fabric, not for this node's kernel."""
-    nets = [ipaddress.IPv4Network(c) for c in ranges.all()]
+    service announcements are for the fabric, not for this node's kernel. A prefix inside an
+    IP pool is always kept (a range drawn too wide must not cut the pods off each other)."""
+    nets = [ipaddress.ip_network(c) for c in ranges.all()]
     if not nets:
         return dict(learned)
-    def inside(prefix: str) -> bool:
-        net = ipaddress.ip_network(prefix)
-        return any(net.version == n.version and net.subnet_of(n) for n in nets)
-    return {p: paths for p, paths in learned.items() if not inside(p)}
+    kept = [ipaddress.ip_network(c) for c in pools]
+
+    def within(net, among) -> bool:
+        return any(net.version == n.version and net.subnet_of(n) for n in among)
+    return {p: paths for p, paths in learned.items()
+            if not within(ipaddress.ip_network(p), nets) or within(ipaddress.ip_network(p), kept)}
 
 
 def _ipv4(ip: str) -> ipaddress.IPv4Address | None:

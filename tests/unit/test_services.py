@@ -73,6 +73,9 @@ def test_learned_service_paths_stay_out_of_the_kernel():
                "10.96.0.0/12": {"d"}}
     assert set(without_service_paths(learned, RANGES)) == {"10.244.1.0/26", "10.96.0.0/12"}
     assert without_service_paths(learned, ServiceRanges()) == learned
+    too_wide = ServiceRanges(cluster=("10.0.0.0/8",))
+    assert set(without_service_paths(learned, too_wide, pools=["10.244.0.0/16"])) == {
+        "10.244.1.0/26", "192.0.2.5/32"}
 
 
 def test_parse_cidrs_takes_repeats_and_comma_lists_and_refuses_typos():
