@@ -154,3 +154,21 @@ def test_clearing_a_range_withdraws_it_from_every_node(lab):
              timeout=60, interval=0.5)
     assert announcers(lab, CLUSTER_RANGE, addresses) == set(NODES)
     assert "serviceExternalIPs" not in lab_cli("bgp", "config", "show", "--lab", lab).stdout
+
+
+def test_internal_local_service_cluster_ip_32_comes_from_its_endpoints_nodes(lab):
+    addresses = {n["name"]: n["address"] for n in status(lab)["nodes"]}
+    set_ranges(lab)
+    api = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": NS},
+           "spec": {"internalTrafficPolicy": "Local", "selector": {"app": "api"},
+                    "ports": [{"name": "http", "port": 80}]}}
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
+    kubectl(lab, "apply", "-f", "-", input=json.dumps(namespace))   # whichever test runs first
+    kubectl(lab, "apply", "-f", "-", input=json.dumps(api))
+    cluster_ip = kubectl(lab, "get", "service", "api", "-n", NS, "-o", "jsonpath={.spec.clusterIP}")
+    pod_add(lab, "api-1", "r1n2", app="api")
+    wait_for(lambda: announcers(lab, f"{cluster_ip}/32", addresses) == {"r1n2"},
+             f"{cluster_ip}/32 announced by r1n2 alone", timeout=60, interval=0.5)
+    pod_del(lab, "api-1")
+    wait_for(lambda: not anywhere(lab, f"{cluster_ip}/32"), f"{cluster_ip}/32 withdrawn",
+             timeout=60, interval=0.5)
