@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from bgp.config import PeerConfig, SpeakerConfig
 from calico_lite import keys
 from calico_lite.peer_selector import SelectorError, parse_selector
+from calico_lite.services import ServiceRanges, parse_cidrs
 
 DEFAULT_AS = 64512
 DEFAULT_HOLD = 9
@@ -34,17 +35,34 @@ class BgpGlobal:
     mesh: bool = True
     hold_time: int = DEFAULT_HOLD
     graceful_restart: int = DEFAULT_GRACEFUL_RESTART
+    # Service address advertisement (calico_lite.services): CIDRs every node announces
+    service_cluster_ips: tuple[str, ...] = ()
+    service_external_ips: tuple[str, ...] = ()
+    service_loadbalancer_ips: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BgpGlobal":
         return cls(as_number=int(d.get("asNumber", DEFAULT_AS)),
                    mesh=bool(d.get("nodeToNodeMesh", True)),
                    hold_time=int(d.get("holdTime", DEFAULT_HOLD)),
-                   graceful_restart=int(d.get("gracefulRestart", DEFAULT_GRACEFUL_RESTART)))
+                   graceful_restart=int(d.get("gracefulRestart", DEFAULT_GRACEFUL_RESTART)),
+                   **{f: parse_cidrs(d.get(k) or (), k) for f, k in SERVICE_FIELDS.items()})
 
     def to_dict(self) -> dict:
         return {"asNumber": self.as_number, "nodeToNodeMesh": self.mesh,
-                "holdTime": self.hold_time, "gracefulRestart": self.graceful_restart}
+                "holdTime": self.hold_time, "gracefulRestart": self.graceful_restart,
+                **{k: list(getattr(self, f)) for f, k in SERVICE_FIELDS.items()}}
+
+    @property
+    def service_ranges(self) -> ServiceRanges:
+        return ServiceRanges(self.service_cluster_ips, self.service_external_ips,
+                             self.service_loadbalancer_ips)
+
+
+# BgpGlobal field -> its key in the record (Calico's BGPConfiguration spelling)
+SERVICE_FIELDS = {"service_cluster_ips": "serviceClusterIPs",
+                  "service_external_ips": "serviceExternalIPs",
+                  "service_loadbalancer_ips": "serviceLoadBalancerIPs"}
 
 
 @dataclass(frozen=True)

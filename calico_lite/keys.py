@@ -13,6 +13,8 @@ K8S_NAMESPACES = ROOT + "k8s/namespaces/"
 K8S_PODS = ROOT + "k8s/pods/"
 K8S_POLICIES = ROOT + "k8s/networkpolicies/"
 K8S_NODES = ROOT + "k8s/nodes/"  # kube-sync's memory of the Nodes it saw (agents keep NODES)
+K8S_SERVICES = ROOT + "k8s/services/"              # addresses, ports, traffic policies
+K8S_ENDPOINTSLICES = ROOT + "k8s/endpointslices/"  # per endpoint: node and readiness
 
 
 def block_id(cidr: str) -> str:
@@ -66,6 +68,14 @@ def k8s_policy(namespace: str, name: str) -> str:
 
 def k8s_node(name: str) -> str:
     return K8S_NODES + name
+
+
+def k8s_service(namespace: str, name: str) -> str:
+    return f"{K8S_SERVICES}{namespace}/{name}"
+
+
+def k8s_endpointslice(namespace: str, name: str) -> str:
+    return f"{K8S_ENDPOINTSLICES}{namespace}/{name}"
 
 
 STATUS = ROOT + "status/"

@@ -141,8 +141,11 @@ class Informer:
                 return items, body["metadata"]["resourceVersion"]
 
     def watch(self) -> None:
-        """Apply events until the server ends the watch (after resync_seconds)."""
-        w = Watch()
+        """Apply events until the server ends the watch (after resync_seconds). Events are
+        read as plain dicts (return_type "object"): the client's models refuse objects the API
+        serves, e.g. an EndpointSlice with no endpoints (`endpoints: null`), and we read
+        raw_object anyway."""
+        w = Watch(return_type="object")
         for ev in w.stream(self.list_fn, resource_version=self.rv, allow_watch_bookmarks=True,
                            timeout_seconds=self.resync_seconds,
                            _request_timeout=(5, self.resync_seconds + 30)):

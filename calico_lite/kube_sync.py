@@ -1,4 +1,5 @@
-"""kube-sync: mirrors Kubernetes Namespaces, Pods, NetworkPolicies and Nodes into the datastore.
+"""kube-sync: mirrors Kubernetes Namespaces, Pods, NetworkPolicies, Nodes, Services and
+EndpointSlices into the datastore.
 
 One process (the Deployment in deploy/, one replica) runs one informer per kind
 (calico_lite.kube_informer) on the official `kubernetes` client, with in-cluster
@@ -29,8 +30,8 @@ from calico_lite.ipam import release_node
 from calico_lite.kube_informer import Informer, Kind, reconcile_plan
 from policy.manifests import policy_from_dict, policy_to_dict
 
-__all__ = ["namespace_record", "pod_record", "policy_record", "node_record", "reconcile_plan",
-           "KINDS", "api_client", "run"]
+__all__ = ["namespace_record", "pod_record", "policy_record", "node_record", "service_record",
+           "endpointslice_record", "reconcile_plan", "KINDS", "api_client", "run"]
 log = logging.getLogger("calico-lite.kube-sync")
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 RESYNC_SECONDS = 300.0
@@ -71,6 +72,40 @@ def node_record(obj: dict) -> tuple[str, dict]:
     return keys.k8s_node(name), {"name": name, "labels": obj["metadata"].get("labels") or {}}
 
 
+def service_record(obj: dict) -> tuple[str, dict]:
+    """What service advertisement needs of a Service (calico_lite.services): its addresses
+    (cluster IPs, external IPs, LoadBalancer ingress IPs), ports and traffic policies."""
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    cluster = spec.get("clusterIPs") or [spec.get("clusterIP") or ""]
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return keys.k8s_service(meta["namespace"], meta["name"]), {
+        "namespace": meta["namespace"], "name": meta["name"], "type": spec.get("type", "ClusterIP"),
+        "clusterIPs": [ip for ip in cluster if ip and ip != "None"],
+        "externalIPs": list(spec.get("externalIPs") or []),
+        "loadBalancerIPs": [i["ip"] for i in ingress if i.get("ip")],
+        "ports": [{"name": p.get("name"), "protocol": p.get("protocol", "TCP"), "port": p["port"]}
+                  for p in spec.get("ports") or []],
+        "externalTrafficPolicy": spec.get("externalTrafficPolicy") or "Cluster",
+        "internalTrafficPolicy": spec.get("internalTrafficPolicy") or "Cluster"}
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def endpointslice_record(obj: dict) -> tuple[str, dict] | None:
+    """A slice's service and, per endpoint, its node and readiness (a nil `ready` counts as
+    ready, as the API says consumers should). A slice of no Service is skipped."""
+    meta = obj["metadata"]
+    service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    if not service:
+        return None
+    return keys.k8s_endpointslice(meta["namespace"], meta["name"]), {
+        "namespace": meta["namespace"], "service": service,
+        "endpoints": [{"node": ep.get("nodeName") or "",
+                       "ready": (ep.get("conditions") or {}).get("ready") is not False}
+                      for ep in obj.get("endpoints") or []]}
+
+
 def node_deleted(ds: Datastore, key: str) -> None:
     """What a Node leaving the cluster frees: its addresses and blocks, and the agent's
     records about it (as Calico's node controller deletes the Calico Node)."""
@@ -96,6 +131,11 @@ KINDS = (
      "NetworkingV1Api", "list_network_policy_for_all_namespaces"),
     (Kind("nodes", keys.K8S_NODES, lambda m: keys.k8s_node(m["name"]), node_record, node_deleted),
      "CoreV1Api", "list_node"),
+    (Kind("services", keys.K8S_SERVICES, _namespaced(keys.k8s_service), service_record),
+     "CoreV1Api", "list_service_for_all_namespaces"),
+    (Kind("endpointslices", keys.K8S_ENDPOINTSLICES, _namespaced(keys.k8s_endpointslice),
+          endpointslice_record),
+     "DiscoveryV1Api", "list_endpoint_slice_for_all_namespaces"),
 )
 
 

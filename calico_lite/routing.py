@@ -22,12 +22,15 @@ from calico_lite import keys
 from calico_lite.bgpconfig import (BgpGlobal, merge_nodes, node_speaker_config, peers_from,
                                    secrets_from)
 from calico_lite.cache import Cache
+from calico_lite.services import Advertised, ServiceRanges, service_prefixes, without_service_paths
 from calico_lite.tunnels import TunnelInputs, TunnelState, TunnelSync
 
 log = logging.getLogger("calico-lite.routing")
 RESYNC_SECONDS = 5.0
-# what routing is computed from; pod churn (workloads, k8s records) must not wake it
-INPUTS = (keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.POOLS, keys.ROOT + "bgp/", keys.K8S_NODES)
+# what routing is computed from; pod churn (workloads, pod records) must not wake it, though
+# an EndpointSlice change does (a Local Service's /32 follows its ready endpoints)
+INPUTS = (keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.POOLS, keys.ROOT + "bgp/", keys.K8S_NODES,
+          keys.K8S_SERVICES, keys.K8S_ENDPOINTSLICES)   # services: calico_lite.services
 
 
 def own_prefixes(affinities: dict[str, dict], handles: dict[str, dict], node: str) -> set[str]:
@@ -140,6 +143,8 @@ class RoutingController:
         self._last_inputs: RoutingInputs | None = None
         self._last_apply = 0.0
         self._last_plan = RoutingPlan()
+        self.services: tuple[Advertised, ...] = ()   # what we announce for Services
+        self.service_ranges = ServiceRanges()
         self.beat: Callable[[], None] = lambda: None          # liveness (agent_health)
         self.on_apply: Callable[[list[Failure]], None] = lambda failures: None   # metrics
 
@@ -180,10 +185,25 @@ class RoutingController:
         and every route or tunnel that could not be programmed, with its reason."""
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
                 **route_status(own, plan, self._tunnel_state,
-                               self.setup_failures + self._route_failures)}
+                               self.setup_failures + self._route_failures),
+                "services": [asdict(a) for a in self.services]}
+
+    def advertise_services(self) -> None:
+        """The Service prefixes this node announces (calico_lite.services), from the global
+        BGP record's ranges and kube-sync's Service and EndpointSlice records."""
+        glob = self.cache.get(keys.BGP_CONFIG)
+        try:
+            self.service_ranges = BgpGlobal.from_dict(glob).service_ranges if glob else ServiceRanges()
+        except ValueError as e:   # a bad hand-made record: keep what we announce
+            self.bgp_problems.append(f"service ranges not applied: {e}")
+            return
+        self.services = service_prefixes(
+            self.service_ranges, self.cache.items(keys.K8S_SERVICES).values(),
+            self.cache.items(keys.K8S_ENDPOINTSLICES).values(), self.node)
 
     def read_inputs(self, own: frozenset[str]) -> RoutingInputs:
-        learned = self.speaker.learned()
+        pools = [p["cidr"] for p in self.cache.items(keys.POOLS).values() if p.get("cidr")]
+        learned = without_service_paths(self.speaker.learned(), self.service_ranges, pools)
         return RoutingInputs(
             own=own,
             learned=frozenset((p, frozenset(ps)) for p, ps in learned.items()),
@@ -196,8 +216,9 @@ class RoutingController:
         periodic resync: an ADD's handle wakes this loop, but seldom changes a route
         (Felix's calc/dataplane split)."""
         self.apply_bgp_config()
+        self.advertise_services()
         own = frozenset(self.own())
-        self.speaker.announce(set(own))
+        self.speaker.announce(set(own) | {a.prefix for a in self.services})
         inputs = self.read_inputs(own)
         if inputs == self._last_inputs and time.monotonic() - self._last_apply < RESYNC_SECONDS:
             self.publish_status(inputs.own, self._last_plan)  # peer states may still have moved

@@ -10,9 +10,10 @@ import json
 import sys
 
 from calico_lite import keys
-from calico_lite.bgpconfig import BgpGlobal, BgpPeer
+from calico_lite.bgpconfig import SERVICE_FIELDS, BgpGlobal, BgpPeer
 from calico_lite.cli.common import Group, arg, datastore
 from calico_lite.cli.table import row
+from calico_lite.services import parse_cidrs
 
 COMMANDS = Group()
 BGP = COMMANDS.group("bgp", "BGP configuration: global, peers, secrets", datastore=True)
@@ -28,11 +29,21 @@ def _on_off(value: str) -> bool:
 
 
 # --- bgp config ------------------------------------------------------------------------
+# Service address advertisement (calico_lite.services): BgpGlobal field -> option
+SERVICE_FLAGS = {"service_cluster_ips": "--service-cluster-ip",
+                 "service_external_ips": "--service-external-ip",
+                 "service_loadbalancer_ips": "--service-loadbalancer-ip"}
+
+
 @CONFIG.command("set", arg("--as-number", type=int),
                 arg("--mesh", type=_on_off, metavar="on|off", help="node-to-node mesh"),
                 arg("--hold-time", type=int),
                 arg("--graceful-restart", type=int, metavar="SECONDS",
-                    help="restart time peers keep our routes for if ExaBGP restarts (0: off)"))
+                    help="restart time peers keep our routes for if ExaBGP restarts (0: off)"),
+                *(arg(flag, dest=f, action="append", metavar="CIDR",
+                      help=f"{SERVICE_FIELDS[f]} every node announces: repeatable or a comma "
+                           "list; replaces the list ('' clears it)")
+                  for f, flag in SERVICE_FLAGS.items()))
 def cmd_config_set(args) -> int:
     ds = datastore(args)
     e = ds.get(keys.BGP_CONFIG)
@@ -42,7 +53,9 @@ def cmd_config_set(args) -> int:
         mesh=args.mesh if args.mesh is not None else cur.mesh,
         hold_time=args.hold_time if args.hold_time is not None else cur.hold_time,
         graceful_restart=(args.graceful_restart if args.graceful_restart is not None
-                          else cur.graceful_restart))
+                          else cur.graceful_restart),
+        **{f: (parse_cidrs(getattr(args, f), flag) if getattr(args, f) is not None
+               else getattr(cur, f)) for f, flag in SERVICE_FLAGS.items()})
     if not 0 < new.as_number < 2 ** 32:
         raise ValueError(f"--as-number {new.as_number}: out of range")
     if not 3 <= new.hold_time <= 65535:
@@ -55,8 +68,15 @@ def cmd_config_set(args) -> int:
 
 
 def format_config(d: dict) -> str:
-    return (f"AS {d['asNumber']}, node-to-node mesh {'on' if d['nodeToNodeMesh'] else 'off'}, "
+    text = (f"AS {d['asNumber']}, node-to-node mesh {'on' if d['nodeToNodeMesh'] else 'off'}, "
             f"hold time {d['holdTime']} s, graceful restart {d['gracefulRestart']} s")
+    services = [f"\n{k}: {', '.join(d[k])}" for k in SERVICE_FIELDS.values() if d.get(k)]
+    return text + "".join(services)
+
+
+@CONFIG.command("show", arg("--json", action="store_true"))
+def cmd_config_show(args) -> int:
+    return cmd_config_get(args)
 
 
 @CONFIG.command("get", arg("--json", action="store_true"))

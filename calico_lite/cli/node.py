@@ -143,6 +143,9 @@ def format_node_status(s: dict, now: float | None = None) -> str:
     lines.append("  routes:")
     for r in s.get("routes", []):
         lines.append(f"    {r['prefix']:<18} via {', '.join(r['via'])} ({r.get('encap', 'none')})")
+    if s.get("services"):
+        lines.append("  advertised service prefixes:")
+        lines += [f"    {a['prefix']:<18} {a['reason']}" for a in s["services"]]
     if "nat" in s:
         lines.append(f"  NAT outgoing: {format_nat(s['nat'])}")
     lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]

@@ -1,6 +1,7 @@
 """kube-sync against the real kube-apiserver v1.34 and etcd (tests/kube_cluster.py).
 
-What kubectl does to namespaces, pods, NetworkPolicies and Nodes must reach etcd in the
+What kubectl does to namespaces, pods, NetworkPolicies, Nodes, Services and EndpointSlices
+must reach etcd in the
 records the agents read, through an API server restart, a 410 Gone after etcd compaction,
 and kube-sync's own absence. kube-sync runs as its own process with a service-account token.
 """
@@ -28,7 +29,8 @@ def cluster():
         c.up()
         c.start_kube_sync(RESYNC)
         wait_for(lambda: all((c.get(keys.kube_sync_status(k)) or {}).get("synced") for k in
-                             ("namespaces", "pods", "networkpolicies", "nodes")),
+                             ("namespaces", "pods", "networkpolicies", "nodes", "services",
+                              "endpointslices")),
                  "kube-sync synced", timeout=60, interval=0.2)
         yield c
     finally:
@@ -225,3 +227,47 @@ def test_objects_deleted_while_kube_sync_was_down(cluster):
     gone(c, keys.k8s_node("ks-n3"))
     wait_for(lambda: not any(node_ipam(c, "ks-n3").values()), "ks-n3's IPAM released",
              timeout=60, interval=0.2)
+
+
+def service(ns: str, name: str, external_ip: str) -> dict:
+    """A Service without a selector (its EndpointSlices are the test's, as no pod runs here)."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": ns, "name": name},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "externalIPs": [external_ip], "ports": [{"name": "http", "port": 80}]}}
+
+
+def endpointslice(ns: str, name: str, service_name: str, *endpoints: tuple[str, str, bool]) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": ns, "name": name,
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "nodeName": node_name, "conditions": {"ready": ready}}
+                          for ip, node_name, ready in endpoints]}
+
+
+def test_services_and_endpointslices_reach_etcd(cluster):
+    """What service advertisement reads: a Service's addresses (its LoadBalancer ingress IP
+    patched into its status, as a cloud controller would) and its slices' endpoints."""
+    c = cluster
+    c.apply(namespace("ks-svc"), service("ks-svc", "web", "192.0.2.5"))
+    rec = arrived(c, keys.k8s_service("ks-svc", "web"))
+    assert rec["externalIPs"] == ["192.0.2.5"] and rec["externalTrafficPolicy"] == "Local"
+    assert rec["ports"] == [{"name": "http", "protocol": "TCP", "port": 80}]
+    assert len(rec["clusterIPs"]) == 1 and rec["loadBalancerIPs"] == []
+    c.kubectl("patch", "service", "-n", "ks-svc", "web", "--subresource=status", "--type=merge",
+              "-p", json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}))
+    arrived(c, keys.k8s_service("ks-svc", "web"), lambda v: v["loadBalancerIPs"] == ["198.51.100.7"])
+
+    key = keys.k8s_endpointslice("ks-svc", "web-1")
+    c.apply(endpointslice("ks-svc", "web-1", "web"))   # served back as `endpoints: null`
+    assert arrived(c, key)["endpoints"] == []
+    c.apply(endpointslice("ks-svc", "web-1", "web", ("10.244.0.5", "n1", True), ("10.244.0.6", "n2", False)))
+    rec = arrived(c, key, lambda v: v["endpoints"])
+    assert rec == {"namespace": "ks-svc", "service": "web",
+                   "endpoints": [{"node": "n1", "ready": True}, {"node": "n2", "ready": False}]}
+    c.apply(endpointslice("ks-svc", "web-1", "web", ("10.244.0.6", "n2", True)))
+    arrived(c, key, lambda v: v["endpoints"] == [{"node": "n2", "ready": True}])
+    c.kubectl("delete", "endpointslice", "-n", "ks-svc", "web-1")
+    gone(c, key)
+    c.kubectl("delete", "service", "-n", "ks-svc", "web")
+    gone(c, keys.k8s_service("ks-svc", "web"))
