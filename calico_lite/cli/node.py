@@ -140,6 +140,13 @@ def format_node_status(s: dict, now: float | None = None) -> str:
     lines.append("  routes:")
     for r in s.get("routes", []):
         lines.append(f"    {r['prefix']:<18} via {', '.join(r['via'])} ({r.get('encap', 'none')})")
+    filtered = s.get("filtered", [])
+    if filtered:
+        total = s.get("filteredTotal", len(filtered))
+        lines.append(f"  filtered by the import policy: {total}"
+                     + (f" (first {len(filtered)} shown)" if total > len(filtered) else ""))
+        lines += [f"    {f['prefix']:<18} via {f['via']} from {f['peer']}: {f['reason']}"
+                  for f in filtered]
     lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
     lines += [f"  note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
