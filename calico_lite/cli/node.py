@@ -46,6 +46,9 @@ NODE = COMMANDS.group("node", "the node agent")
         help="node-local address of /healthz, /readyz and /metrics ('off': none)"),
     arg("--liveness-timeout", type=float, default=90.0, metavar="SECONDS",
         help="/healthz fails when a loop has not gone round for this long"),
+    arg("--policy-resync", type=float, default=30.0, metavar="SECONDS",
+        help="seconds between full policy syncs; each also restores our nftables table "
+             "if another tool flushed or changed it"),
     help="run the node agent (one per node)")
 def cmd_node_run(args) -> int:
     from calico_lite.agent import AgentConfig, NodeAgent
@@ -66,6 +69,7 @@ def cmd_node_run(args) -> int:
         subnet=subnet, rack=args.rack, labels=labels,
         block_release_grace=args.block_release_grace,
         health_listen=args.health_listen, liveness_timeout=args.liveness_timeout,
+        policy_resync=args.policy_resync,
         bgp=BgpSettings(router_id=args.router_id or args.address, local_address=args.address,
                         local_as=args.asn, subnet=subnet, peers=tuple(peers),
                         listen=args.bgp_listen, hold_time=args.hold_time,
