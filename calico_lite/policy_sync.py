@@ -18,7 +18,7 @@ from typing import Callable
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import namespaces_from, pods_by_workload
+from calico_lite.policy_inputs import namespaces_from, pods_by_workload, skip_record
 from policy.applier import ApplyResult, RulesetApplier
 from policy.compiler import compile_ruleset
 from policy.incremental import IncrementalRuleset
@@ -103,7 +103,7 @@ class PolicyController:
 
     def sync_once(self, generation: int, full: bool = False) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
-        raw_policies = self.cache.items(keys.K8S_POLICIES)
+        raw_policies = self._readable(self.cache.items(keys.K8S_POLICIES))
         namespaces = {n.name: n for n in namespaces_from(self.cache.items(keys.K8S_NAMESPACES))}
         pods = pods_by_workload(self.cache.items(keys.K8S_PODS), self.cache.items(keys.WORKLOADS), self.node)
         start = time.perf_counter()
@@ -131,6 +131,25 @@ class PolicyController:
                 "local_pods": sum(1 for p in pods.values() if p.interface), "error": "",
                 "udp_flows_forgotten": forgotten, "table_restored": self.restored,
                 "updated": time.time(), **ruleset.stats()}
+
+    def _readable(self, raw: dict[str, dict]) -> dict[str, dict]:
+        """The policy records that parse. One that does not is logged and skipped: its last
+        good version stays in force (a broken update never opens what the policy closed),
+        and every other policy is applied as usual."""
+        out = {}
+        for k, v in raw.items():
+            good = self._raw_policies.get(k)
+            if v == good:
+                out[k] = v
+                continue
+            try:
+                policy_from_dict(v)
+                out[k] = v
+            except Exception as e:  # noqa: BLE001 - the parser raises its own (private) types
+                skip_record(k, v, e)
+                if good is not None:
+                    out[k] = good
+        return out
 
     def _apply(self, ruleset: Ruleset, full: bool) -> ApplyResult:
         """At the resync, first check that the kernel still holds our table as we left it

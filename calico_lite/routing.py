@@ -8,6 +8,7 @@ with its reason in the node's status record (`calico-lite node status`).
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -37,8 +38,25 @@ def own_prefixes(affinities: dict[str, dict], handles: dict[str, dict], node: st
     prefix = keys.affinities(node)
     blocks = {keys.block_cidr(k) for k in affinities if k.startswith(prefix)}
     borrowed = {f"{h['ip']}/32" for h in handles.values()
-                if h.get("node") == node and h.get("borrowed")}
-    return blocks | borrowed
+                if h.get("node") == node and h.get("borrowed") and _ipv4(h.get("ip"))}
+    return {p for p in blocks if _prefix(p)} | borrowed
+
+
+def _ipv4(value) -> bool:
+    """A handle's address as a record holds it; a broken record is left out, not fatal."""
+    try:
+        ipaddress.IPv4Address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _prefix(value: str) -> bool:
+    try:
+        ipaddress.IPv4Network(value)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

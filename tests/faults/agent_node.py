@@ -23,6 +23,7 @@ from tests.nslib import remove_netns_with_prefix, sh, unique_prefix, wait_for
 
 ETCD = "http://127.0.0.1:2379"
 SUBNET = "10.99.1.0/24"
+GOBGP = "10.99.1.1"
 
 
 @dataclass
@@ -78,6 +79,7 @@ class AgentNode:
 
     def start_agent(self, *extra: str) -> subprocess.Popen:
         """`calico-lite node run` in the node namespace (this worktree's code)."""
+        self.procs.pop("agent", None)
         return self.spawn("agent", self.netns, [
             *CLI, "--etcd-endpoints", ETCD, "node", "run", "--name", self.name,
             "--address", self.address, "--subnet", SUBNET, "--as", "64601",
@@ -98,6 +100,28 @@ class AgentNode:
     def agent_alive(self) -> bool:
         p = self.procs.get("agent")
         return p is not None and p.poll() is None
+
+    def start_gobgp(self, address: str = GOBGP, asn: int = 65001) -> str:
+        """GoBGP on the segment, peering with this node (AS 64601); its namespace."""
+        ns = self.attach("gobgp", address)
+        conf = self.root / "gobgpd.toml"
+        conf.write_text("\n".join([
+            "[global.config]", f"  as = {asn}", f'  router-id = "{address}"',
+            f'  local-address-list = ["{address}"]', "[[neighbors]]", "  [neighbors.config]",
+            f'    neighbor-address = "{self.address}"', "    peer-as = 64601",
+            "  [neighbors.timers.config]", "    hold-time = 9", "    keepalive-interval = 3"]) + "\n")
+        self.spawn("gobgpd", ns, ["gobgpd", "-f", str(conf), "-p", "--api-hosts",
+                                  "127.0.0.1:50051", "--pprof-disable"], self.root / "gobgpd.log")
+        return ns
+
+    def announce(self, prefix: str, next_hop: str = GOBGP, withdraw: bool = False) -> None:
+        """GoBGP announces (or withdraws) prefix."""
+        sh("ip", "netns", "exec", f"{self.prefix}gobgp", "gobgp", "global", "rib",
+           "del" if withdraw else "add", "-a", "ipv4", prefix,
+           *(() if withdraw else ("nexthop", next_hop)))
+
+    def established(self) -> bool:
+        return any(p["state"] == "Established" for p in self.status().get("peers", []))
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = sh("ip", "netns", "exec", self.netns, *CLI, "--etcd-endpoints", ETCD, *args,
@@ -121,8 +145,9 @@ class AgentNode:
     def put_raw(self, key: str, raw: bytes) -> None:
         """A value that is not JSON (or not what the key should hold), as a broken writer
         would leave it: etcdctl puts the bytes as they are."""
-        sh("ip", "netns", "exec", self.netns, "etcdctl", "--endpoints", ETCD, "put", key,
-           raw.decode(), env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        subprocess.run(["ip", "netns", "exec", self.netns, "etcdctl", "--endpoints", ETCD, "put",
+                        key], input=raw, check=True, capture_output=True,
+                       env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
 
     def status(self) -> dict:
         """The node's status record ({} until the agent published one)."""

@@ -11,10 +11,7 @@ import shutil
 import pytest
 
 from calico_lite import keys
-from tests.faults.agent_node import agent_node, wait_until
-from tests.nslib import sh
-
-GOBGP = "10.99.1.1"
+from tests.faults.agent_node import GOBGP, agent_node, wait_until
 N2, N3 = "10.99.1.12", "10.99.1.13"   # other nodes: records only (no agent needed)
 BAD = {"0.0.0.0/0": ("default-route", GOBGP), "192.168.50.0/24": ("outside-pools", GOBGP),
        "10.0.0.0/8": ("covers-pool", GOBGP), "10.244.0.0/16": ("too-short", GOBGP),
@@ -24,19 +21,6 @@ MORE = [f"10.244.{i}.0/26" for i in range(10, 18)]
 LIMIT = 6
 
 pytestmark = pytest.mark.skipif(not shutil.which("gobgpd"), reason="gobgpd not installed")
-
-
-def gobgp_config(node: str) -> str:
-    return "\n".join([
-        "[global.config]", "  as = 65001", f'  router-id = "{GOBGP}"',
-        f'  local-address-list = ["{GOBGP}"]', "[[neighbors]]", "  [neighbors.config]",
-        f'    neighbor-address = "{node}"', "    peer-as = 64601",
-        "  [neighbors.timers.config]", "    hold-time = 9", "    keepalive-interval = 3"]) + "\n"
-
-
-def announce(ns: str, prefix: str, next_hop: str = GOBGP) -> None:
-    sh("ip", "netns", "exec", ns, "gobgp", "global", "rib", "add", "-a", "ipv4", prefix,
-       "nexthop", next_hop)
 
 
 def filtered_counter(metrics: str) -> dict[tuple[str, str], float]:
@@ -54,29 +38,24 @@ def test_bad_announcements_are_filtered_logged_counted_and_never_installed():
         node.cli("bgp", "config", "set", "--mesh", "off", "--as-number", "64601")
         node.cli("bgp", "peer", "add", "gobgp", "--peer-ip", GOBGP, "--as", "65001",
                  "--max-prefixes", str(LIMIT))
-        ns = node.attach("gobgp", GOBGP)
-        conf = node.root / "gobgpd.toml"
-        conf.write_text(gobgp_config(node.address))
-        node.spawn("gobgpd", ns, ["gobgpd", "-f", str(conf), "-p", "--api-hosts",
-                                  "127.0.0.1:50051", "--pprof-disable"], node.root / "gobgpd.log")
+        node.start_gobgp()
         node.start_agent()
-        wait_until(lambda: any(p["state"] == "Established" for p in node.status().get("peers", [])),
-                   "the agent's session with GoBGP")
+        wait_until(node.established, "the agent's session with GoBGP")
         for prefix in GOOD:
-            announce(ns, prefix)
+            node.announce(prefix)
         wait_until(lambda: set(GOOD) <= set(node.routes("proto", "88")), "the good prefixes")
 
         for prefix, (_, hop) in BAD.items():
-            announce(ns, prefix, hop)
+            node.announce(prefix, hop)
         wait_until(lambda: len(node.status().get("filtered", [])) == len(BAD),
                    "every bad prefix in node status")
         for prefix in MORE:   # 2 accepted so far: 4 more fit under the limit of 6
-            announce(ns, prefix)
+            node.announce(prefix)
         wait_until(lambda: node.status().get("filteredTotal") == len(BAD) + len(MORE) - 4,
                    "the prefixes over the limit in node status")
         # one more sync after all that (a new block in etcd wakes the routing loop)
         node.ds("put", key=keys.affinity("n3", "10.244.3.0/26"), value={"state": "confirmed"})
-        announce(ns, "10.244.3.0/26", N3)   # n3's block via n3: over the limit, not refused
+        node.announce("10.244.3.0/26", N3)   # n3's block via n3: over the limit, not refused
         wait_until(lambda: node.status().get("filteredTotal") == len(BAD) + len(MORE) - 3,
                    "a further prefix over the limit")
 
@@ -110,7 +89,7 @@ def test_bad_announcements_are_filtered_logged_counted_and_never_installed():
         assert counts[(GOBGP, "max-prefixes")] == 5.0, counts
 
         # the peer withdraws an accepted prefix: one over the limit takes its place
-        sh("ip", "netns", "exec", ns, "gobgp", "global", "rib", "del", "-a", "ipv4", GOOD[0])
+        node.announce(GOOD[0], withdraw=True)
         wait_until(lambda: GOOD[0] not in node.routes("proto", "88")
                    and len(node.routes("proto", "88")) == LIMIT, "a prefix over the limit moves in")
         assert node.agent_alive()
