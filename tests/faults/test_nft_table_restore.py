@@ -3,6 +3,8 @@ agent (etcd, a pod and a policy in its ruleset) restores exactly its table at it
 (lowered to 2 s here); another owner's table in the same namespace is never touched."""
 from __future__ import annotations
 
+import time
+
 from calico_lite import keys
 from policy.manifests import policy_to_dict
 from policy.model import LabelSelector, NetworkPolicy
@@ -51,9 +53,12 @@ def test_our_table_is_restored_after_others_flush_or_delete_it_and_theirs_is_lef
                                       ("flush", "table", "inet", "calico-lite"),
                                       ("flush", "ruleset")], start=1):
             sh("nft", *breakage, netns=node.netns)
+            t0 = time.monotonic()
             assert table(node, "calico-lite") != ours, breakage
             wait_until(lambda: table(node, "calico-lite") == ours,
                        f"our table back after `nft {' '.join(breakage)}`")
+            print(f"\n[info] `nft {' '.join(breakage)}`: our table back after "
+                  f"{time.monotonic() - t0:.1f} s (resync 2 s)")
             wait_until(lambda: restored(node) >= n, "the restore in the policy status")
             if breakage != ("flush", "ruleset"):
                 assert table(node, "bsother") == theirs, "another owner's table was changed"
