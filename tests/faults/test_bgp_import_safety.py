@@ -29,6 +29,37 @@ def filtered_counter(metrics: str) -> dict[tuple[str, str], float]:
     return {(peer, reason): float(v) for peer, reason, v in rows}
 
 
+def announce_everything(node) -> None:
+    """The good prefixes, then the bad ones, then more than the limit allows."""
+    for prefix in GOOD:
+        node.announce(prefix)
+    wait_until(lambda: set(GOOD) <= set(node.routes("proto", "88")), "the good prefixes")
+    for prefix, (_, hop) in BAD.items():
+        node.announce(prefix, hop)
+    wait_until(lambda: len(node.status().get("filtered", [])) == len(BAD),
+               "every bad prefix in node status")
+    for prefix in MORE:   # 2 accepted so far: 4 more fit under the limit of 6
+        node.announce(prefix)
+    wait_until(lambda: node.status().get("filteredTotal") == len(BAD) + len(MORE) - 4,
+               "the prefixes over the limit in node status")
+    # one more sync after all that (a new block in etcd wakes the routing loop)
+    node.ds("put", key=keys.affinity("n3", "10.244.3.0/26"), value={"state": "confirmed"})
+    node.announce("10.244.3.0/26", N3)   # n3's block via n3: over the limit, not refused
+    wait_until(lambda: node.status().get("filteredTotal") == len(BAD) + len(MORE) - 3,
+               "a further prefix over the limit")
+
+
+def assert_logged_once_and_counted(node, over: list[str]) -> None:
+    log = node.log_text()
+    for prefix in [*BAD, *over]:
+        assert log.count(f'"prefix": "{prefix}"') == 1, f"{prefix} logged {log.count(prefix)} times"
+    assert '"event": "bgp-max-prefixes-exceeded"' in log
+    counts = filtered_counter(node.metrics())
+    for kind in ("default-route", "outside-pools", "covers-pool", "too-short", "wrong-next-hop"):
+        assert counts[(GOBGP, kind)] == 1.0, counts
+    assert counts[(GOBGP, "max-prefixes")] == 5.0, counts
+
+
 def test_bad_announcements_are_filtered_logged_counted_and_never_installed():
     with agent_node("bs") as node:
         # the datastore: two other nodes on our subnet, n2 owning 10.244.2.0/26
@@ -41,23 +72,7 @@ def test_bad_announcements_are_filtered_logged_counted_and_never_installed():
         node.start_gobgp()
         node.start_agent()
         wait_until(node.established, "the agent's session with GoBGP")
-        for prefix in GOOD:
-            node.announce(prefix)
-        wait_until(lambda: set(GOOD) <= set(node.routes("proto", "88")), "the good prefixes")
-
-        for prefix, (_, hop) in BAD.items():
-            node.announce(prefix, hop)
-        wait_until(lambda: len(node.status().get("filtered", [])) == len(BAD),
-                   "every bad prefix in node status")
-        for prefix in MORE:   # 2 accepted so far: 4 more fit under the limit of 6
-            node.announce(prefix)
-        wait_until(lambda: node.status().get("filteredTotal") == len(BAD) + len(MORE) - 4,
-                   "the prefixes over the limit in node status")
-        # one more sync after all that (a new block in etcd wakes the routing loop)
-        node.ds("put", key=keys.affinity("n3", "10.244.3.0/26"), value={"state": "confirmed"})
-        node.announce("10.244.3.0/26", N3)   # n3's block via n3: over the limit, not refused
-        wait_until(lambda: node.status().get("filteredTotal") == len(BAD) + len(MORE) - 3,
-                   "a further prefix over the limit")
+        announce_everything(node)
 
         status = node.status()
         rows = {f["prefix"]: f for f in status["filtered"]}
@@ -79,14 +94,7 @@ def test_bad_announcements_are_filtered_logged_counted_and_never_installed():
         assert set(ours) == set(GOOD) | (set(MORE) - set(over)), ours
         assert len(ours) == LIMIT and all(v == [GOBGP] for v in ours.values())
 
-        log = node.log_text()
-        for prefix in [*BAD, *over]:
-            assert log.count(f'"prefix": "{prefix}"') == 1, f"{prefix} logged {log.count(prefix)} times"
-        assert '"event": "bgp-max-prefixes-exceeded"' in log
-        counts = filtered_counter(node.metrics())
-        for kind in ("default-route", "outside-pools", "covers-pool", "too-short", "wrong-next-hop"):
-            assert counts[(GOBGP, kind)] == 1.0, counts
-        assert counts[(GOBGP, "max-prefixes")] == 5.0, counts
+        assert_logged_once_and_counted(node, over)
 
         # the peer withdraws an accepted prefix: one over the limit takes its place
         node.announce(GOOD[0], withdraw=True)

@@ -62,35 +62,60 @@ def cni_add(node, pod_ns: str, container: str) -> dict:
     return json.loads(p.stdout)
 
 
+def start_with_good_records(node) -> dict[str, dict]:
+    """Good records, a route from GoBGP, an agent; returns the policies written."""
+    for key, value in {**NS, **PODS, **WORKLOADS}.items():
+        node.ds("put", key=key, value=value)
+    policies = {keys.k8s_policy("a", "only-y-to-x"): policy("only-y-to-x", "x")}
+    for key, value in policies.items():
+        node.ds("put", key=key, value=value)
+    node.ds("put", key=keys.affinity("n1", BAD_BLOCK), value={"node": "n1"})
+    node.ds("put", key=keys.block(BAD_BLOCK), value={"cidr": BAD_BLOCK, "affinity": "n1",
+                                                     "pool": "default", "allocations": {}})
+    node.cli("bgp", "config", "set", "--mesh", "off", "--as-number", "64601")
+    node.cli("bgp", "peer", "add", "gobgp", "--peer-ip", "10.99.1.1", "--as", "65001")
+    node.start_gobgp()
+    node.start_agent()
+    wait_until(node.established, "the agent's session with GoBGP")
+    node.announce(ROUTE)
+    wait_until(lambda: ROUTE in node.routes("proto", "88"), "the learned route")
+    want = expected_table(node, policies, WORKLOADS)
+    wait_until(lambda: kernel_table(node) == want, "the rules of the good records")
+    return policies
+
+
+def corrupt(node) -> None:
+    """Garbage in a block key, workloads and policies of the wrong shape."""
+    node.put_raw(keys.block(BAD_BLOCK), b"\x00garbage{not json")
+    node.put_raw(keys.workload("n1", "h2"), b'"a string, not a record"')
+    node.ds("put", key=keys.workload("n1", "h3"), value={"namespace": "a", "pod": "pod3",
+                                                         "ip": 42, "node": "n1"})
+    node.ds("put", key=keys.k8s_policy("a", "only-y-to-x"), value={"spec": "nonsense"})
+    node.put_raw(keys.k8s_policy("a", "broken"), b"{policy: yes")
+
+
+def restart_with_garbage(node, later: dict[str, dict]) -> None:
+    """A restarted agent meets the garbage in its first snapshot: it skips it too."""
+    node.stop_agent()
+    node.start_agent()
+    wait_until(node.established, "the session after the restart")
+    wait_until(lambda: (node.ds("get", key=keys.policy_status(node.name)) or [{}])[0]
+               .get("updated", 0) > 0 and node.agent_alive(), "the restarted agent's sync")
+    workloads = {k: v for k, v in WORKLOADS.items() if not k.endswith("/h2")}
+    workloads.update({e[0]: e[1] for e in node.ds("list", prefix=keys.workload("n1", "c3"))})
+    policies = {k: v for k, v in later.items() if not k.endswith("only-y-to-x")}
+    want = expected_table(node, policies, workloads)
+    wait_until(lambda: kernel_table(node) == want, "the good records' rules after a restart")
+    assert ROUTE in node.routes("proto", "88") and node.agent_alive()
+    assert "Traceback" not in node.log_text()
+
+
 def test_corrupt_records_are_logged_and_skipped_and_nothing_good_is_lost():
     with agent_node("bs") as node:
-        for key, value in {**NS, **PODS, **WORKLOADS}.items():
-            node.ds("put", key=key, value=value)
-        good_policies = {keys.k8s_policy("a", "only-y-to-x"): policy("only-y-to-x", "x")}
-        node.ds("put", key=keys.k8s_policy("a", "only-y-to-x"), value=good_policies[
-            keys.k8s_policy("a", "only-y-to-x")])
-        node.ds("put", key=keys.affinity("n1", BAD_BLOCK), value={"node": "n1"})
-        node.ds("put", key=keys.block(BAD_BLOCK), value={"cidr": BAD_BLOCK, "affinity": "n1",
-                                                         "pool": "default", "allocations": {}})
-        node.cli("bgp", "config", "set", "--mesh", "off", "--as-number", "64601")
-        node.cli("bgp", "peer", "add", "gobgp", "--peer-ip", "10.99.1.1", "--as", "65001")
-        node.start_gobgp()
-        node.start_agent()
-        wait_until(node.established, "the agent's session with GoBGP")
-        node.announce(ROUTE)
-        wait_until(lambda: ROUTE in node.routes("proto", "88"), "the learned route")
-        want = expected_table(node, good_policies, WORKLOADS)
-        wait_until(lambda: kernel_table(node) == want, "the rules of the good records")
-
-        # the corruption: garbage in a block key, workloads and policies of the wrong shape
-        node.put_raw(keys.block(BAD_BLOCK), b"\x00garbage{not json")
-        node.put_raw(keys.workload("n1", "h2"), b'"a string, not a record"')
-        node.ds("put", key=keys.workload("n1", "h3"), value={"namespace": "a", "pod": "pod3",
-                                                             "ip": 42, "node": "n1"})
-        node.ds("put", key=keys.k8s_policy("a", "only-y-to-x"), value={"spec": "nonsense"})
-        node.put_raw(keys.k8s_policy("a", "broken"), b"{policy: yes")
+        policies = start_with_good_records(node)
+        corrupt(node)
         # a good change after them still applies
-        later = {**good_policies, keys.k8s_policy("a", "only-y-to-y"): policy("only-y-to-y", "y")}
+        later = {**policies, keys.k8s_policy("a", "only-y-to-y"): policy("only-y-to-y", "y")}
         node.ds("put", key=keys.k8s_policy("a", "only-y-to-y"), value=later[
             keys.k8s_policy("a", "only-y-to-y")])
         want = expected_table(node, later, WORKLOADS)   # h2 keeps its last good record
@@ -114,17 +139,4 @@ def test_corrupt_records_are_logged_and_skipped_and_nothing_good_is_lost():
                     keys.k8s_policy("a", "only-y-to-x"), keys.k8s_policy("a", "broken")):
             assert f'"key": "{key}"' in log, f"{key} not logged"
         assert "Traceback" not in log, log[-3000:]
-
-        # a restarted agent meets the garbage in its first snapshot: it skips it too
-        node.stop_agent()
-        node.start_agent()
-        wait_until(node.established, "the session after the restart")
-        wait_until(lambda: (node.ds("get", key=keys.policy_status(node.name)) or [{}])[0]
-                   .get("updated", 0) > 0 and node.agent_alive(), "the restarted agent's sync")
-        workloads = {k: v for k, v in WORKLOADS.items() if not k.endswith("/h2")}
-        workloads.update({e[0]: e[1] for e in node.ds("list", prefix=keys.workload("n1", "c3"))})
-        policies = {k: v for k, v in later.items() if not k.endswith("only-y-to-x")}
-        want = expected_table(node, policies, workloads)
-        wait_until(lambda: kernel_table(node) == want, "the good records' rules after a restart")
-        assert ROUTE in node.routes("proto", "88") and node.agent_alive()
-        assert "Traceback" not in node.log_text()
+        restart_with_garbage(node, later)
