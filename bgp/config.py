@@ -21,6 +21,8 @@ class PeerConfig:
     md5_password: str | None = None
     description: str = ""
     route_reflector_client: bool = False   # we reflect to it (only if we have a cluster_id)
+    # import limit (bgp.imports; 0: its default); ours, not ExaBGP's: a change reloads nothing
+    max_prefixes: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,15 @@ class BgpState:
                 out.setdefault(prefix, set()).add(path)
         return out
 
+    def arrival(self) -> dict[str, tuple[str, ...]]:
+        """peer -> its prefixes in the order it sent them (stale ones last): the import
+        policy's max-prefix limit keeps the first ones."""
+        out = {peer: tuple(paths) for peer, paths in self.learned_paths.items()}
+        for peer, r in self.stale.items():
+            extra = [p for p in (r.paths or {}) if p not in self.learned_paths.get(peer, {})]
+            out[peer] = out.get(peer, ()) + tuple(extra)
+        return out
+
     def peers(self) -> list[PeerState]:
         out = []
         for p in self.cfg.peers:

@@ -175,6 +175,11 @@ class Speaker:
         with self._lock:
             return self._state.learned()
 
+    def arrival(self) -> dict[str, tuple[str, ...]]:
+        """peer -> its prefixes in the order it sent them (bgp.imports' max-prefix limit)."""
+        with self._lock:
+            return self._state.arrival()
+
     def peers(self) -> list[PeerState]:
         with self._lock:
             return self._state.peers()

@@ -33,6 +33,7 @@ from calico_lite.health import (DEFAULT_LISTEN, DEFAULT_LIVENESS_TIMEOUT, Health
                                 Heartbeats, parse_listen, serve_health)
 from calico_lite.ipam import ensure_pool
 from calico_lite.metrics import AgentMetrics
+from calico_lite.policy_sync import RESYNC_SECONDS as POLICY_RESYNC
 from calico_lite.policy_sync import PolicyController
 from calico_lite.routing import BgpSettings, RoutingController
 from calico_lite.tunnels import setup_node_tunnels
@@ -60,6 +61,7 @@ class AgentConfig:
     health_listen: str = DEFAULT_LISTEN   # HOST:PORT of /healthz, /readyz, /metrics; "off"
     liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
     etcd_tls: EtcdTls | None = None   # client TLS files for every Datastore the agent makes
+    policy_resync: float = POLICY_RESYNC   # s between full policy syncs (and table checks)
 
 
 class NetlinkPool:
@@ -116,7 +118,8 @@ class NodeAgent:
             self.cache, cfg.node, cfg.bgp, cfg.run_dir / "bgp",
             publish=lambda status: self.ds.put(keys.status(cfg.node), status))
         self.policy = PolicyController(
-            self.cache, cfg.node, [cfg.address], publish=self.publish_policy_status)
+            self.cache, cfg.node, [cfg.address], publish=self.publish_policy_status,
+            resync_seconds=cfg.policy_resync)
         self.policy_status: dict | None = None   # the last sync's outcome (readiness)
         self.netlink: NetlinkPool | None = None
         self.server: CniServer | None = None

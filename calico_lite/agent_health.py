@@ -73,6 +73,7 @@ def instrument(agent: "NodeAgent", metrics: AgentMetrics, beats: Heartbeats) -> 
     agent.cache.beat = beat("datastore-watch")
     agent.routing.beat = beat("routing")
     agent.routing.on_apply = metrics.routes_applied
+    agent.routing.filter_report.count = metrics.bgp_prefix_filtered
     agent.policy.beat = beat("policy")
     agent.ds.on_error = metrics.etcd_error
     agent.ds.on_retry = metrics.etcd_retry

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bgp.config import PeerConfig, SpeakerConfig
+from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
 from calico_lite.peer_selector import SelectorError, parse_selector
 from calico_lite.services import ServiceRanges, parse_cidrs
@@ -39,6 +40,7 @@ class BgpGlobal:
     service_cluster_ips: tuple[str, ...] = ()
     service_external_ips: tuple[str, ...] = ()
     service_loadbalancer_ips: tuple[str, ...] = ()
+    max_prefixes: int = DEFAULT_MAX_PREFIXES   # per peer, unless the peer record sets its own
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BgpGlobal":
@@ -46,11 +48,13 @@ class BgpGlobal:
                    mesh=bool(d.get("nodeToNodeMesh", True)),
                    hold_time=int(d.get("holdTime", DEFAULT_HOLD)),
                    graceful_restart=int(d.get("gracefulRestart", DEFAULT_GRACEFUL_RESTART)),
+                   max_prefixes=int(d.get("maxPrefixes", DEFAULT_MAX_PREFIXES)),
                    **{f: parse_cidrs(d.get(k) or (), k) for f, k in SERVICE_FIELDS.items()})
 
     def to_dict(self) -> dict:
         return {"asNumber": self.as_number, "nodeToNodeMesh": self.mesh,
                 "holdTime": self.hold_time, "gracefulRestart": self.graceful_restart,
+                "maxPrefixes": self.max_prefixes,
                 **{k: list(getattr(self, f)) for f, k in SERVICE_FIELDS.items()}}
 
     @property
@@ -77,6 +81,7 @@ class BgpPeer:
     node: str = ""                 # only this node (instead of node_selector)
     password_secret: str = ""
     hold_time: int = 0             # 0: the global hold time
+    max_prefixes: int = 0          # 0: the global limit
 
     def __post_init__(self) -> None:
         if bool(self.peer_ip) == bool(self.peer_selector):
@@ -89,19 +94,22 @@ class BgpPeer:
             parse_selector(sel)
         if self.hold_time and not 3 <= self.hold_time <= 65535:
             raise ValueError(f"BGP peer {self.name}: hold time must be 3..65535 s")
+        if self.max_prefixes < 0:
+            raise ValueError(f"BGP peer {self.name}: max prefixes must be 0 (global) or more")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BgpPeer":
         return cls(name=d["name"], peer_ip=d.get("peerIP", ""), as_number=int(d.get("asNumber", 0)),
                    node_selector=d.get("nodeSelector", "all()"),
                    peer_selector=d.get("peerSelector", ""), node=d.get("node", ""),
-                   password_secret=d.get("passwordSecret", ""), hold_time=int(d.get("holdTime", 0)))
+                   password_secret=d.get("passwordSecret", ""), hold_time=int(d.get("holdTime", 0)),
+                   max_prefixes=int(d.get("maxPrefixes", 0)))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "peerIP": self.peer_ip, "asNumber": self.as_number,
                 "nodeSelector": self.node_selector, "peerSelector": self.peer_selector,
                 "node": self.node, "passwordSecret": self.password_secret,
-                "holdTime": self.hold_time}
+                "holdTime": self.hold_time, "maxPrefixes": self.max_prefixes}
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,7 @@ class _PeerChoice:
                 if o.name != self.node and o.address and pick(o)]
 
     def add(self, address: str, asn: int, hold: int, password: str | None,
-            description: str) -> None:
+            description: str, max_prefixes: int = 0) -> None:
         if address == self.local_address or not address:
             return
         other = next((n for n in self.nodes.values() if n.address == address), None)
@@ -214,7 +222,8 @@ class _PeerChoice:
         self.by_addr[address] = PeerConfig(address=address, peer_as=asn,
                                            hold_time=hold or self.g.hold_time,
                                            md5_password=password, description=description,
-                                           route_reflector_client=client)
+                                           route_reflector_client=client,
+                                           max_prefixes=max_prefixes or self.g.max_prefixes)
 
     def add_peer(self, p: BgpPeer, secrets: Mapping[str, str]) -> None:
         """One BGPPeer record: peer back if its peer selector picks this node, then peer
@@ -234,7 +243,7 @@ class _PeerChoice:
                 for other in self.others(picks):
                     if other.address not in self.by_addr:   # an address chosen already stays
                         self.add(other.address, self.node_as(other), p.hold_time, password,
-                                 f"peer {p.name} ({other.name})")
+                                 f"peer {p.name} ({other.name})", p.max_prefixes)
         if not selected:
             return
         password = None
@@ -245,12 +254,13 @@ class _PeerChoice:
                                      "peer left out")
                 return
         if p.peer_ip:
-            self.add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}")
+            self.add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}",
+                     p.max_prefixes)
             return
         sel = parse_selector(p.peer_selector)
         for other in self.others(lambda o: sel.matches(o.labels)):
             self.add(other.address, self.node_as(other), p.hold_time, password,
-                     f"peer {p.name} ({other.name})")
+                     f"peer {p.name} ({other.name})", p.max_prefixes)
 
 
 def secrets_from(items: Mapping[str, Mapping]) -> dict[str, str]:

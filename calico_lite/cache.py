@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from bgp.process import Backoff
 from calico_lite import keys
-from calico_lite.datastore import Change, Datastore, DatastoreUnavailable
+from calico_lite.datastore import Change, Datastore, DatastoreUnavailable, report_corrupt
 
 log = logging.getLogger("calico-lite.cache")
 # the kinds of keys whose changes are tracked apart (see Cache.generation_of)
@@ -107,7 +107,7 @@ class Cache:
             for c in relevant:
                 if c.value is None:
                     self._data.pop(c.key, None)
-                else:
+                elif _usable(c):
                     self._data[c.key] = c.value
                 self.revision = max(self.revision, c.mod_revision)
             self._bump([c.key for c in relevant])
@@ -124,8 +124,14 @@ class Cache:
                     self.ds.cancel_watch(self._watch_id)
                 entries, rev = self.ds.snapshot(self.prefix)
                 with self._cond:
-                    self._data = {e.key: e.value for e in entries
-                                  if not e.key.startswith(self.IGNORED)}
+                    old, self._data = self._data, {}
+                    for e in entries:
+                        if e.key.startswith(self.IGNORED):
+                            continue
+                        if _usable(e):
+                            self._data[e.key] = e.value
+                        elif e.key in old:   # keep the last good value of a corrupted key
+                            self._data[e.key] = old[e.key]
                     self.revision = max(self.revision, rev)
                     self._bump()
                 self._resync.clear()
@@ -135,3 +141,13 @@ class Cache:
                 log.warning("datastore resync failed, retrying: %s", e)
                 self.ds.on_retry("watch-resync")
                 retry.wait()
+
+
+def _usable(e) -> bool:
+    """Every record of ours is a JSON object: anything else (not JSON at all, a string, a
+    list) is logged once and skipped, and the key keeps its last good value."""
+    if isinstance(e.value, dict):
+        return True
+    report_corrupt(e.key, e.mod_revision, str(e.value) if isinstance(e.value, ValueError)
+                   else f"a JSON {type(e.value).__name__}, not an object")
+    return False

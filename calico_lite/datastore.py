@@ -8,6 +8,7 @@ Client TLS (`EtcdTls`, etcd_tls.py) is checked when a Datastore is made: a wrong
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
@@ -20,10 +21,44 @@ from calico_lite.etcd_tls import EtcdTls, EtcdTlsError, explain_rpc_error
 
 
 DEFAULT_TIMEOUT = 5.0
+log = logging.getLogger("calico-lite.datastore")
 
 
 class DatastoreUnavailable(Exception):
     """etcd cannot be reached or did not answer in time."""
+
+
+class CorruptValue(ValueError):
+    """A key whose value is not JSON (a broken writer, a hand edit). get() raises it; list()
+    skips the key; snapshot() and watch() hand it over as the value, for the cache to skip
+    while it keeps the key's last good value. Never a reason to crash or to wipe state."""
+
+    def __init__(self, key: str, mod_revision: int, error: str):
+        super().__init__(f"{key}: value is not JSON ({error})")
+        self.key = key
+        self.mod_revision = mod_revision
+
+
+_reported: set[tuple[str, int]] = set()
+
+
+def report_corrupt(key: str, mod_revision: int, why: str) -> None:
+    """Log a bad value once per key and revision (readers meet it again and again)."""
+    if (key, mod_revision) in _reported:
+        return
+    if len(_reported) > 10000:
+        _reported.clear()
+    _reported.add((key, mod_revision))
+    log.error(json.dumps({"event": "datastore-value-skipped", "key": key,
+                          "revision": mod_revision, "why": why[:300]}))
+
+
+def decode(key: str, raw: bytes | str, mod_revision: int) -> Any:
+    """The JSON value of a key, or a CorruptValue (returned, not raised)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        return CorruptValue(key, mod_revision, str(e))
 
 
 @dataclass(frozen=True)
@@ -132,13 +167,24 @@ class Datastore:
         value, meta = self._call(self._client.get, key)
         if value is None:
             return None
-        return Entry(key, json.loads(value), meta.mod_revision)
+        decoded = decode(key, value, meta.mod_revision)
+        if isinstance(decoded, CorruptValue):
+            report_corrupt(key, meta.mod_revision, str(decoded))
+            raise decoded
+        return Entry(key, decoded, meta.mod_revision)
 
     def list(self, prefix: str) -> list[Entry]:
         def get_prefix() -> list:
             return list(self._client.get_prefix(prefix))
         rows = self._call(get_prefix)
-        return [Entry(m.key.decode(), json.loads(v), m.mod_revision) for v, m in rows]
+        out = []
+        for v, m in rows:
+            entry = Entry(m.key.decode(), decode(m.key.decode(), v, m.mod_revision), m.mod_revision)
+            if isinstance(entry.value, CorruptValue):
+                report_corrupt(entry.key, entry.mod_revision, str(entry.value))
+                continue
+            out.append(entry)
+        return out
 
     def put(self, key: str, value: Any) -> int:
         """Write key; returns the store revision of the write."""
@@ -172,9 +218,11 @@ class Datastore:
         return bool(ok)
 
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
-        """Entries under prefix and the store revision they were read at."""
+        """Entries under prefix and the store revision they were read at (a value that is not
+        JSON is a CorruptValue)."""
         resp = self._call(self._client.get_prefix_response, prefix)
-        entries = [Entry(kv.key.decode(), json.loads(kv.value), kv.mod_revision) for kv in resp.kvs]
+        entries = [Entry(kv.key.decode(), decode(kv.key.decode(), kv.value, kv.mod_revision),
+                         kv.mod_revision) for kv in resp.kvs]
         return entries, resp.header.revision
 
     def watch(self, prefix: str, on_events: Callable[[list[Change] | None], None],
@@ -191,7 +239,8 @@ class Datastore:
                 if isinstance(ev, pyetcd.events.DeleteEvent):
                     changes.append(Change(key, None, ev.mod_revision))
                 else:
-                    changes.append(Change(key, json.loads(ev.value), ev.mod_revision))
+                    changes.append(Change(key, decode(key, ev.value, ev.mod_revision),
+                                          ev.mod_revision))
             on_events(changes)
         return self._call(self._client.add_watch_prefix_callback, prefix, callback,
                           start_revision=start_revision)

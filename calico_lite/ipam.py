@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from calico_lite import keys
 from calico_lite.blocks import Block, IpamError, Pool
-from calico_lite.datastore import Datastore, Op
+from calico_lite.datastore import CorruptValue, Datastore, Entry, Op, report_corrupt
 
 DEFAULT_POOL = Pool(name="default-ipv4-ippool", cidr="10.244.0.0/16")
 MAX_CAS_RETRIES = 50
@@ -84,8 +84,9 @@ class Ipam:
                 break
         if not self.strict_affinity:
             for e in self.ds.list(keys.BLOCKS):
-                if usable(e.value["cidr"]):
-                    got = self._assign_in_block(e.value["cidr"], handle, attrs, borrowed=True)
+                b = block_of(e)
+                if b is not None and usable(b.cidr):
+                    got = self._assign_in_block(b.cidr, handle, attrs, borrowed=True)
                     if got:
                         return got
         raise PoolExhausted(f"no free address for node {self.node} in pools "
@@ -94,10 +95,10 @@ class Ipam:
     def _assign_in_block(self, cidr: str, handle: str, attrs: dict, borrowed: bool) -> Assignment | None:
         key = keys.block(cidr)
         for _ in range(MAX_CAS_RETRIES):
-            e = self.ds.get(key)
-            if e is None:
-                return None
-            block = Block.from_dict(e.value)
+            e = get_entry(self.ds, key)
+            block = block_of(e) if e is not None else None
+            if e is None or block is None:
+                return None   # absent, or corrupt: skipped (logged), never overwritten
             if borrowed == (block.affinity == self.node):
                 return None  # borrow only from others' blocks; ours must still be ours
             offset = block.free_offset()
@@ -141,12 +142,12 @@ class Ipam:
             a = Assignment(handle, h.value["ip"], h.value["block"], h.value["node"],
                            h.value.get("borrowed", False))
             bkey = keys.block(a.block)
-            b = self.ds.get(bkey)
+            b = get_entry(self.ds, bkey)
+            block = block_of(b) if b is not None else None
             # the handle and the workload that used it go in one transaction
             ops = [Op.delete(keys.handle(handle)), Op.delete(keys.workload(a.node, handle))]
             cmp = [Op.unchanged(keys.handle(handle), h.mod_revision)]
-            if b is not None:
-                block = Block.from_dict(b.value)
+            if b is not None and block is not None:   # a corrupt block is left as it is
                 off = block.offset(a.ip)
                 if block.allocations.get(off) == handle:
                     del block.allocations[off]
@@ -161,7 +162,9 @@ class Ipam:
     def release_ip(self, ip: str) -> Assignment | None:
         """Release whatever handle holds ip (the `ipam release` command)."""
         for e in self.ds.list(keys.BLOCKS):
-            block = Block.from_dict(e.value)
+            block = block_of(e)
+            if block is None:
+                continue
             try:
                 handle = block.allocations.get(block.offset(ip))
             except IpamError:
@@ -183,17 +186,42 @@ class Ipam:
         now = time.time() if now is None else now
         released = []
         for cidr in self.affine_blocks():
-            e = self.ds.get(keys.block(cidr))
-            if e is None:
+            if (e := get_entry(self.ds, keys.block(cidr))) is None:
                 self.ds.delete(keys.affinity(self.node, cidr))
                 continue
-            block = Block.from_dict(e.value)
+            if (block := block_of(e)) is None:
+                continue   # corrupt: logged, left for an operator (never taken as empty)
             if block.allocations or block.empty_since is None or now - block.empty_since < grace:
                 continue
             if self.ds.txn([Op.unchanged(e.key, e.mod_revision)],
                            [Op.delete(e.key), Op.delete(keys.affinity(self.node, cidr))]):
                 released.append(cidr)
         return released
+
+
+_CORRUPT = object()
+
+
+def get_entry(ds: Datastore, key: str):
+    """ds.get, with a value that is not JSON as an entry block_of() refuses (logged by ds)."""
+    try:
+        return ds.get(key)
+    except CorruptValue as e:
+        return Entry(key, _CORRUPT, e.mod_revision)
+
+
+def block_of(e: Entry) -> Block | None:
+    """The block an entry holds; None (logged once) when it holds something else: IPAM
+    skips that block and goes on with the others."""
+    try:
+        if e.value is _CORRUPT:
+            return None
+        block = Block.from_dict(e.value)
+        block.network  # noqa: B018 - the cidr must parse
+        return block
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        report_corrupt(e.key, e.mod_revision, f"not a block: {type(err).__name__}: {err}")
+        return None
 
 
 @dataclass(frozen=True)

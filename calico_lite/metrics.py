@@ -52,6 +52,10 @@ class AgentMetrics:
         self.ruleset = Gauge(PREFIX + "policy_ruleset_objects",
                              "Size of the applied nftables ruleset, by kind (rules, chains, ...)",
                              ["kind"], registry=r)
+        self.bgp_filtered = Counter(
+            PREFIX + "bgp_prefixes_filtered",
+            "Learned paths the BGP import policy refused (each counted once), by peer and reason",
+            ["peer", "reason"], registry=r)
         self.etcd_errors = Counter(PREFIX + "etcd_errors",
                                    "etcd calls that failed (unreachable or timed out), by operation",
                                    ["operation"], registry=r)
@@ -88,6 +92,10 @@ class AgentMetrics:
         self.policy_pods.set(status.get("local_pods", 0))
         for kind in RULESET_STATS:
             self.ruleset.labels(kind).set(status.get(kind, 0))
+
+    def bgp_prefix_filtered(self, rejected) -> None:
+        """One path refused by the import policy (bgp.imports.Rejected), first seen now."""
+        self.bgp_filtered.labels(rejected.peer, rejected.kind).inc()
 
     def etcd_error(self, operation: str) -> None:
         self.etcd_errors.labels(operation).inc()

@@ -5,14 +5,46 @@ node) and the Kubernetes pod that kube-sync (or the lab) wrote (labels, declared
 """
 from __future__ import annotations
 
+import ipaddress
+import json
+import logging
+
 from calico_lite import keys
 from policy.manifests import policy_from_dict
 from policy.model import ContainerPort, Namespace, NetworkPolicy, Pod
 from policy.nat import NatPool
 
+log = logging.getLogger("calico-lite.policy")
+RECORD_ERRORS = (KeyError, TypeError, ValueError, AttributeError)   # a record of the wrong shape
+_skipped: dict[str, str] = {}   # key -> the bad value last logged (log each bad value once)
+
+
+def skip_record(key: str, value, error: Exception) -> None:
+    """Log (once per bad value) a record that cannot be read; the caller leaves it out."""
+    text = json.dumps(value, sort_keys=True, default=str)[:500]
+    if _skipped.get(key) == text:
+        return
+    if len(_skipped) > 10000:
+        _skipped.clear()
+    _skipped[key] = text
+    log.error(json.dumps({"event": "datastore-record-skipped", "key": key,
+                          "why": f"{type(error).__name__}: {error}"[:300]}))
+
 
 def namespaces_from(raw: dict[str, dict]) -> list[Namespace]:
-    return [Namespace(v["name"], dict(v.get("labels", {}))) for v in raw.values()]
+    out = []
+    for k, v in raw.items():
+        try:
+            out.append(Namespace(str(v["name"]), _labels(v.get("labels", {}))))
+        except RECORD_ERRORS as e:
+            skip_record(k, v, e)
+    return out
+
+
+def _labels(raw) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise TypeError(f"labels must be an object of strings, not {raw!r}"[:200])
+    return dict(raw)
 
 
 def policies_from(raw: dict[str, dict]) -> list[NetworkPolicy]:
@@ -28,14 +60,32 @@ def pods_by_workload(k8s_pods: dict[str, dict], workloads: dict[str, dict], node
     """pods_from keyed by workload key (the identity the incremental policy calculation uses)."""
     out = {}
     for wkey, w in workloads.items():
-        meta = k8s_pods.get(keys.k8s_pod(w.get("namespace", ""), w.get("pod", "")), {})
+        try:
+            out[wkey] = _pod(k8s_pods, w, node)
+        except RECORD_ERRORS as e:   # that pod is left out; every other keeps its rules
+            skip_record(wkey, w, e)
+    return out
+
+
+def _pod(k8s_pods: dict[str, dict], w: dict, node: str | None) -> Pod:
+    """One workload record joined with its pod record; raises on a record of the wrong shape."""
+    if not isinstance(w["ip"], str):
+        raise TypeError(f"ip {w['ip']!r} is not a string")
+    ip = str(ipaddress.IPv4Address(w["ip"]))   # AddressValueError is a ValueError
+    pod_key = keys.k8s_pod(str(w.get("namespace", "")), str(w.get("pod", "")))
+    meta = k8s_pods.get(pod_key, {})
+    try:
         ports = [ContainerPort(p.get("name"), p.get("protocol", "TCP"), int(p["port"]))
                  for p in meta.get("ports", [])]
-        out[wkey] = Pod(namespace=w.get("namespace", ""), name=w.get("pod", ""), ip=w["ip"],
-                        labels=dict(meta.get("labels", {})), ports=ports,
-                        interface=w.get("host_ifname") if node and w.get("node") == node else None,
-                        node=w.get("node"))
-    return out
+        labels = _labels(meta.get("labels", {}))
+    except RECORD_ERRORS as e:   # a broken pod record: the workload stays, without labels
+        skip_record(pod_key, meta, e)
+        ports, labels = [], {}
+    iface = w.get("host_ifname") if node and w.get("node") == node else None
+    if iface is not None and not isinstance(iface, str):
+        raise TypeError(f"host_ifname {iface!r} is not a string")
+    return Pod(namespace=str(w.get("namespace", "")), name=str(w.get("pod", "")), ip=ip,
+               labels=labels, ports=ports, interface=iface, node=w.get("node"))
 
 
 def inputs_from(items, node: str | None) -> tuple[list[NetworkPolicy], list[Pod], list[Namespace]]:

@@ -8,8 +8,9 @@ On every datastore change it diffs its inputs (pods, namespaces, policies) again
 and feeds only the differences to the incremental calculation, which touches only the sets and
 chains involved; the applier sends those in one small transaction. Every RESYNC_SECONDS the full
 compile (policy.compiler) runs as the resync: it is applied, and if the incremental state had
-drifted from it, the calculation is rebuilt. A ruleset nftables refuses leaves the previous one
-in force.
+drifted from it, the calculation is rebuilt; and if the kernel's table no longer matches what we
+applied (someone ran `nft flush ruleset` or deleted our table), it is loaded whole again. A
+ruleset nftables refuses leaves the previous one in force.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from typing import Callable
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import namespaces_from, nat_inputs, pods_by_workload
-from policy.applier import RulesetApplier
+from calico_lite.policy_inputs import namespaces_from, nat_inputs, pods_by_workload, skip_record
+from policy.applier import ApplyResult, RulesetApplier
 from policy.compiler import compile_ruleset
 from policy.incremental import IncrementalRuleset
 from policy.manifests import policy_from_dict
@@ -42,8 +43,10 @@ INPUTS = (keys.ROOT + "k8s/", keys.WORKLOADS, keys.POOLS, keys.NODES, keys.BARRI
 
 class PolicyController:
     def __init__(self, cache: Cache, node: str, node_ips: list[str],
-                 publish: Callable[[dict], None] = lambda status: None):
+                 publish: Callable[[dict], None] = lambda status: None,
+                 resync_seconds: float = RESYNC_SECONDS):
         self.cache = cache
+        self.resync_seconds = resync_seconds
         self.node = node
         self.node_ips = node_ips
         self.publish = publish
@@ -55,6 +58,7 @@ class PolicyController:
         self._pods: dict[str, Pod] = {}
         self._nat: tuple[NatState | None, dict] = (None, {})  # the state and its sets, reused
         self.beat: Callable[[], None] = lambda: None   # liveness (agent_health)
+        self.restored = 0   # times the resync found our table changed behind our back
 
     def _feed(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> bool:
         """Turn what changed since the last pass into events; True when policies, namespaces or
@@ -115,7 +119,7 @@ class PolicyController:
 
     def sync_once(self, generation: int, full: bool = False) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
-        raw_policies = self.cache.items(keys.K8S_POLICIES)
+        raw_policies = self._readable(self.cache.items(keys.K8S_POLICIES))
         namespaces = {n.name: n for n in namespaces_from(self.cache.items(keys.K8S_NAMESPACES))}
         pods = pods_by_workload(self.cache.items(keys.K8S_PODS), self.cache.items(keys.WORKLOADS), self.node)
         start = time.perf_counter()
@@ -130,7 +134,7 @@ class PolicyController:
         table, nat = self.nat_table(ruleset)
         compiled = time.perf_counter()
         assert self.applier
-        result = self.applier.update(table)
+        result = self._apply(table, full)
         # policies and labels decide who may talk; when they change, established UDP flows of
         # local pods are forgotten so each is judged again (not on the first pass: a restarted
         # agent inherits flows its predecessor's identical rules allowed)
@@ -143,7 +147,37 @@ class PolicyController:
                 "nft_ms": round(result.seconds * 1e3, 1), "policies": len(raw_policies),
                 "local_pods": sum(1 for p in pods.values() if p.interface), "error": "",
                 "udp_flows_forgotten": forgotten, "nat": nat.summary(),
-                "updated": time.time(), **table.stats()}
+                "table_restored": self.restored, "updated": time.time(), **table.stats()}
+
+    def _readable(self, raw: dict[str, dict]) -> dict[str, dict]:
+        """The policy records that parse. One that does not is logged and skipped: its last
+        good version stays in force (a broken update never opens what the policy closed),
+        and every other policy is applied as usual."""
+        out = {}
+        for k, v in raw.items():
+            good = self._raw_policies.get(k)
+            if v == good:
+                out[k] = v
+                continue
+            try:
+                policy_from_dict(v)
+                out[k] = v
+            except Exception as e:  # noqa: BLE001 - the parser raises its own (private) types
+                skip_record(k, v, e)
+                if good is not None:
+                    out[k] = good
+        return out
+
+    def _apply(self, ruleset: Ruleset, full: bool) -> ApplyResult:
+        """At the resync, first check that the kernel still holds our table as we left it
+        (another tool may have flushed or deleted it): if not, load it whole again."""
+        assert self.applier
+        drift = self.applier.drift() if full else ""
+        if not drift:
+            return self.applier.update(ruleset)
+        log.warning(json.dumps({"event": "policy-table-restored", "why": drift}))
+        self.restored += 1
+        return self.applier.sync(ruleset)
 
     def run(self, stop: threading.Event) -> None:
         self.applier = RulesetApplier()  # binds to this (the node's) network namespace
@@ -153,7 +187,7 @@ class PolicyController:
         while not stop.is_set():
             self.beat()
             gen = self.cache.generation_of(INPUTS)
-            full = time.monotonic() - last_full >= RESYNC_SECONDS
+            full = time.monotonic() - last_full >= self.resync_seconds
             if gen != seen or full:
                 time.sleep(SETTLE_SECONDS)
                 gen = self.cache.generation_of(INPUTS)
@@ -169,4 +203,4 @@ class PolicyController:
                 seen = gen
                 if full:
                     last_full = time.monotonic()
-            self.cache.wait_change(seen, RESYNC_SECONDS, INPUTS)
+            self.cache.wait_change(seen, self.resync_seconds, INPUTS)

@@ -8,6 +8,7 @@ with its reason in the node's status record (`calico-lite node status`).
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from bgp.imports import DEFAULT_MAX_PREFIXES, ImportPolicy, Rejected, filter_imports
 from bgp.model import Failure, LearnedPath, Route
 from bgp.routes import RouteApplier, Skipped, desired_routes
 from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
@@ -23,6 +25,7 @@ from calico_lite.bgpconfig import (BgpGlobal, merge_nodes, node_speaker_config, 
                                    secrets_from)
 from calico_lite.cache import Cache
 from calico_lite.services import Advertised, ServiceRanges, service_prefixes, without_service_paths
+from calico_lite.imports import FilterReport, filtered_status, import_policy
 from calico_lite.tunnels import TunnelInputs, TunnelState, TunnelSync
 
 log = logging.getLogger("calico-lite.routing")
@@ -38,8 +41,25 @@ def own_prefixes(affinities: dict[str, dict], handles: dict[str, dict], node: st
     prefix = keys.affinities(node)
     blocks = {keys.block_cidr(k) for k in affinities if k.startswith(prefix)}
     borrowed = {f"{h['ip']}/32" for h in handles.values()
-                if h.get("node") == node and h.get("borrowed")}
-    return blocks | borrowed
+                if h.get("node") == node and h.get("borrowed") and _ipv4(h.get("ip"))}
+    return {p for p in blocks if _prefix(p)} | borrowed
+
+
+def _ipv4(value) -> bool:
+    """A handle's address as a record holds it; a broken record is left out, not fatal."""
+    try:
+        ipaddress.IPv4Address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _prefix(value: str) -> bool:
+    try:
+        ipaddress.IPv4Network(value)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -50,24 +70,33 @@ class RoutingInputs:
     learned: frozenset[tuple[str, frozenset[LearnedPath]]]
     tunnels: TunnelInputs
     synced: bool   # False while an adopted ExaBGP still replays what it learned
+    imports: ImportPolicy | None = None   # the sessions' import policy (None: accept all)
+    order: tuple[tuple[str, tuple[str, ...]], ...] = ()   # per peer, prefixes as sent
 
 
 @dataclass(frozen=True)
 class RoutingPlan:
-    """The kernel routes a sync wants, and the learned paths it leaves out (with why)."""
+    """The kernel routes a sync wants, the learned paths it leaves out (with why), and
+    those the import policy refused."""
 
     routes: tuple[Route, ...] = ()
     skipped: tuple[Skipped, ...] = ()
+    filtered: tuple[Rejected, ...] = ()
 
 
 def plan_routes(inputs: RoutingInputs, tunnels: TunnelState, *, subnet: str, address: str,
                 local_as: int) -> RoutingPlan:
-    """The routes for inputs, given which encapsulations the tunnels could provide (pure)."""
-    plan = desired_routes(dict(inputs.learned), own_prefixes=inputs.own,
+    """The routes for inputs, given which encapsulations the tunnels could provide (pure):
+    the import policy first (bgp.imports), then the routes for what it accepted."""
+    learned, filtered = dict(inputs.learned), ()
+    if inputs.imports is not None:
+        learned, filtered = filter_imports(learned, inputs.imports, dict(inputs.order),
+                                           own=inputs.own)
+    plan = desired_routes(learned, own_prefixes=inputs.own,
                           local_subnets=[subnet], local_addresses=[address], local_as=local_as,
                           pools=tunnels.pools, remotes=tunnels.remotes,
                           supported_encaps=tunnels.supported)
-    return RoutingPlan(tuple(plan.routes), tuple(plan.skipped))
+    return RoutingPlan(tuple(plan.routes), tuple(plan.skipped), filtered)
 
 
 def program_kernel(inputs: RoutingInputs, tunnels: TunnelSync, applier: RouteApplier, *,
@@ -96,14 +125,17 @@ def route_status(own: frozenset[str] | set[str], plan: RoutingPlan, tunnels: Tun
     """
     # one line per prefix, next hop and reason, however many peers sent that path
     skipped = list(dict.fromkeys(s for s in plan.skipped if s.prefix not in own))
+    filtered = filtered_status(plan.filtered)
     return {"blocks": sorted(own),
             "routes": [{"prefix": r.prefix, "via": list(r.next_hops), "encap": r.encap}
                        for r in plan.routes],
             "skipped": [{"prefix": s.prefix, "via": s.next_hop, "reason": s.reason}
                         for s in skipped],
+            "filtered": filtered["filtered"], "filteredTotal": filtered["filteredTotal"],
             "failures": [{"what": f.what, "reason": f.reason}
                          for f in tunnels.failures + failures],
-            "notes": tunnels.notes + [f"not programmed: {f}" for f in failures]
+            "notes": tunnels.notes + filtered["filterNotes"]
+            + [f"not programmed: {f}" for f in failures]
             + [f"{s.prefix} via {s.next_hop} not installed: {s.reason}" for s in skipped]}
 
 
@@ -147,6 +179,8 @@ class RoutingController:
         self.service_ranges = ServiceRanges()
         self.beat: Callable[[], None] = lambda: None          # liveness (agent_health)
         self.on_apply: Callable[[list[Failure]], None] = lambda failures: None   # metrics
+        self.filter_report = FilterReport()   # the agent hands it the metrics' counter
+        self._max_prefixes = (tuple(self.speaker.cfg.peers), DEFAULT_MAX_PREFIXES)
 
     def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
         """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
@@ -171,6 +205,10 @@ class RoutingController:
         except ValueError as e:   # e.g. two peers on one address: keep the running config
             self.bgp_problems = [f"BGP configuration not applied: {e}"]
             return
+        glob = self.cache.get(keys.BGP_CONFIG)
+        # limits are not compared by the speaker (a change reloads nothing): kept here
+        self._max_prefixes = (tuple(cfg.peers), BgpGlobal.from_dict(glob).max_prefixes
+                              if glob is not None else DEFAULT_MAX_PREFIXES)
         if cfg != self.speaker.cfg:
             how = self.speaker.reconfigure(cfg)
             log.info("bgp configuration changed: %s, peers %s", how,
@@ -204,12 +242,17 @@ class RoutingController:
     def read_inputs(self, own: frozenset[str]) -> RoutingInputs:
         pools = [p["cidr"] for p in self.cache.items(keys.POOLS).values() if p.get("cidr")]
         learned = without_service_paths(self.speaker.learned(), self.service_ranges, pools)
+        peers, default_max = self._max_prefixes
+        items = self.cache.items
         return RoutingInputs(
             own=own,
             learned=frozenset((p, frozenset(ps)) for p, ps in learned.items()),
-            tunnels=TunnelInputs.from_records(self.cache.items(keys.POOLS),
-                                              self.cache.items(keys.NODES), self.node),
-            synced=self.speaker.synced())
+            tunnels=TunnelInputs.from_records(items(keys.POOLS), items(keys.NODES), self.node),
+            synced=self.speaker.synced(),
+            imports=import_policy(items(keys.POOLS), items(keys.AFFINITIES), items(keys.HANDLES),
+                                  items(keys.NODES), subnet=self.settings.subnet, peers=peers,
+                                  default_max=default_max),
+            order=tuple(sorted(self.speaker.arrival().items())))
 
     def sync_once(self) -> None:
         """Read, plan, apply. The kernel is written only when an input changed, or at the
@@ -226,6 +269,7 @@ class RoutingController:
         self._tunnel_state, plan, failed = program_kernel(
             inputs, self.tunnels, self.applier, subnet=self.settings.subnet,
             address=self.settings.local_address, local_as=self.speaker.cfg.local_as)
+        self.filter_report.report(plan.filtered)
         if failed is None:
             return
         self._route_failures = failed

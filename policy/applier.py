@@ -10,6 +10,7 @@ No other table is ever touched.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class RulesetApplier:
 
     def __init__(self, nft: Nft | None = None):
         self._nft = nft or Nft()
+        self._lister: Nft | None = None
         self._applied: Ruleset | None = None
 
     @property
@@ -95,6 +97,24 @@ class RulesetApplier:
         log.info("policy update: %s in %.1f ms", summary, took * 1e3)
         return ApplyResult("update", took, summary, len(text))
 
+    def drift(self) -> str:
+        """"" when the kernel still holds the table we last applied, as far as a cheap
+        fingerprint tells (its objects and elements counted); else what differs. Someone
+        else's `nft flush ruleset` or `nft delete table` shows here, and the resync restores
+        the table. Only our table is listed."""
+        if self._applied is None:
+            return ""
+        if self._lister is None:
+            self._lister = Nft(json_output=True)   # created in the thread (netns) that applies
+        try:
+            listing = self._lister.cmd(f"list table {self._applied.ref}")
+        except NftError as e:
+            return f"table {self._applied.ref} is gone ({e.message.strip()[:200]})"
+        found = kernel_stats(listing)
+        want = self._applied.stats()
+        diff = {k: (found.get(k, 0), v) for k, v in want.items() if found.get(k, 0) != v}
+        return ", ".join(f"{k} {got} instead of {v}" for k, (got, v) in diff.items())
+
     def remove(self) -> None:
         """Delete our table (and only ours); fine if it is already gone."""
         self._nft.cmd(render_delete())
@@ -102,3 +122,20 @@ class RulesetApplier:
 
     def close(self) -> None:
         self._nft.close()
+        if self._lister is not None:
+            self._lister.close()
+
+
+def kernel_stats(listing: str) -> dict[str, int]:
+    """Ruleset.stats() of a table as `nft -j list table` shows it (pure)."""
+    out = {"chains": 0, "rules": 0, "sets": 0, "set_elements": 0, "map_elements": 0}
+    for item in json.loads(listing or "{}").get("nftables", []):
+        for kind, body in item.items():
+            if kind in ("chain", "rule"):
+                out[kind + "s"] += 1
+            elif kind == "set":
+                out["sets"] += 1
+                out["set_elements"] += len(body.get("elem", []))
+            elif kind == "map":
+                out["map_elements"] += len(body.get("elem", []))
+    return out

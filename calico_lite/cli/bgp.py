@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
 from calico_lite.bgpconfig import SERVICE_FIELDS, BgpGlobal, BgpPeer
 from calico_lite.cli.common import Group, arg, datastore
@@ -40,6 +41,8 @@ SERVICE_FLAGS = {"service_cluster_ips": "--service-cluster-ip",
                 arg("--hold-time", type=int),
                 arg("--graceful-restart", type=int, metavar="SECONDS",
                     help="restart time peers keep our routes for if ExaBGP restarts (0: off)"),
+                arg("--max-prefixes", type=int, metavar="N",
+                    help="prefixes accepted per peer unless its record says; more are ignored"),
                 *(arg(flag, dest=f, action="append", metavar="CIDR",
                       help=f"{SERVICE_FIELDS[f]} every node announces: repeatable or a comma "
                            "list; replaces the list ('' clears it)")
@@ -54,6 +57,7 @@ def cmd_config_set(args) -> int:
         hold_time=args.hold_time if args.hold_time is not None else cur.hold_time,
         graceful_restart=(args.graceful_restart if args.graceful_restart is not None
                           else cur.graceful_restart),
+        max_prefixes=args.max_prefixes if args.max_prefixes is not None else cur.max_prefixes,
         **{f: (parse_cidrs(getattr(args, f), flag) if getattr(args, f) is not None
                else getattr(cur, f)) for f, flag in SERVICE_FLAGS.items()})
     if not 0 < new.as_number < 2 ** 32:
@@ -62,6 +66,8 @@ def cmd_config_set(args) -> int:
         raise ValueError(f"--hold-time {new.hold_time}: must be 3..65535 seconds")
     if not 0 <= new.graceful_restart <= 4095:
         raise ValueError(f"--graceful-restart {new.graceful_restart}: must be 0..4095 seconds")
+    if new.max_prefixes < 1:
+        raise ValueError(f"--max-prefixes {new.max_prefixes}: must be 1 or more")
     ds.put(keys.BGP_CONFIG, new.to_dict())
     print(format_config(new.to_dict()))
     return 0
@@ -69,7 +75,8 @@ def cmd_config_set(args) -> int:
 
 def format_config(d: dict) -> str:
     text = (f"AS {d['asNumber']}, node-to-node mesh {'on' if d['nodeToNodeMesh'] else 'off'}, "
-            f"hold time {d['holdTime']} s, graceful restart {d['gracefulRestart']} s")
+            f"hold time {d['holdTime']} s, graceful restart {d['gracefulRestart']} s, "
+            f"max prefixes per peer {d.get('maxPrefixes', DEFAULT_MAX_PREFIXES)}")
     services = [f"\n{k}: {', '.join(d[k])}" for k in SERVICE_FIELDS.values() if d.get(k)]
     return text + "".join(services)
 
@@ -97,12 +104,14 @@ def cmd_config_get(args) -> int:
               arg("--node", help="only this node"),
               arg("--password-secret", help="TCP MD5 password from `bgp secret set NAME`"),
               arg("--hold-time", type=int),
+              arg("--max-prefixes", type=int, metavar="N",
+                  help="prefixes accepted from this peer (default: the global setting)"),
               arg("--replace", action="store_true", help="overwrite a peer of that name"))
 def cmd_peer_add(args) -> int:
     peer = BgpPeer(name=args.name, peer_ip=args.peer_ip or "", as_number=args.asn or 0,
                    node_selector=args.node_selector, peer_selector=args.peer_selector or "",
                    node=args.node or "", password_secret=args.password_secret or "",
-                   hold_time=args.hold_time or 0)
+                   hold_time=args.hold_time or 0, max_prefixes=args.max_prefixes or 0)
     ds = datastore(args)
     if peer.password_secret and ds.get(keys.bgp_secret(peer.password_secret)) is None:
         print(f"warning: secret {peer.password_secret} does not exist yet "
@@ -120,7 +129,8 @@ def describe_peer(d: dict) -> str:
               else f"nodes matching {d['peerSelector']!r}")
     scope = f"node {d['node']}" if d.get("node") else f"nodes matching {d.get('nodeSelector', 'all()')!r}"
     extra = "".join([f", password from secret {d['passwordSecret']}" if d.get("passwordSecret") else "",
-                     f", hold time {d['holdTime']} s" if d.get("holdTime") else ""])
+                     f", hold time {d['holdTime']} s" if d.get("holdTime") else "",
+                     f", max {d['maxPrefixes']} prefixes" if d.get("maxPrefixes") else ""])
     return f"{target}, for {scope}{extra}"
 
 

@@ -45,6 +45,9 @@ NODE = COMMANDS.group("node", "the node agent")
         help="node-local address of /healthz, /readyz and /metrics ('off': none)"),
     arg("--liveness-timeout", type=float, default=90.0, metavar="SECONDS",
         help="/healthz fails when a loop has not gone round for this long"),
+    arg("--policy-resync", type=float, default=30.0, metavar="SECONDS",
+        help="seconds between full policy syncs; each also restores our nftables table "
+             "if another tool flushed or changed it"),
     help="run the node agent (one per node)")
 def cmd_node_run(args) -> int:
     from calico_lite.agent import AgentConfig, NodeAgent
@@ -64,6 +67,7 @@ def cmd_node_run(args) -> int:
         subnet=subnet, rack=args.rack, labels=labels,
         block_release_grace=args.block_release_grace,
         health_listen=args.health_listen, liveness_timeout=args.liveness_timeout,
+        policy_resync=args.policy_resync,
         bgp=BgpSettings(router_id=args.router_id or args.address, local_address=args.address,
                         local_as=args.asn, subnet=subnet, peers=tuple(peers),
                         listen=args.bgp_listen, hold_time=args.hold_time,
@@ -148,6 +152,13 @@ def format_node_status(s: dict, now: float | None = None) -> str:
         lines += [f"    {a['prefix']:<18} {a['reason']}" for a in s["services"]]
     if "nat" in s:
         lines.append(f"  NAT outgoing: {format_nat(s['nat'])}")
+    filtered = s.get("filtered", [])
+    if filtered:
+        total = s.get("filteredTotal", len(filtered))
+        lines.append(f"  filtered by the import policy: {total}"
+                     + (f" (first {len(filtered)} shown)" if total > len(filtered) else ""))
+        lines += [f"    {f['prefix']:<18} via {f['via']} from {f['peer']}: {f['reason']}"
+                  for f in filtered]
     lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
     lines += [f"  note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)

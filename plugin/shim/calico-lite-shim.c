@@ -113,6 +113,84 @@ static char *string_field(const char *s, size_t n, const char *key) {
     return b.p;
 }
 
+/* A JSON syntax check (no values kept): the end of the value starting at s[*i], or -1 with
+ * *i at the offending byte. Why here: without a decodable config the shim cannot read
+ * agent_socket, and the spec's answer to undecodable config is code 6, not "try again". */
+static int json_skip_ws(const char *s, size_t n, size_t *i) {
+    while (*i < n && strchr(" \t\r\n", s[*i]) && s[*i]) (*i)++;
+    return *i < n;
+}
+
+static int json_value(const char *s, size_t n, size_t *i, int depth) {
+    if (depth > 1000 || !json_skip_ws(s, n, i)) return -1;
+    char c = s[*i];
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        (*i)++;
+        if (json_skip_ws(s, n, i) && s[*i] == close) { (*i)++; return 0; }
+        for (;;) {
+            if (c == '{') {
+                if (!json_skip_ws(s, n, i) || s[*i] != '"' || json_value(s, n, i, depth + 1)) return -1;
+                if (!json_skip_ws(s, n, i) || s[*i] != ':') return -1;
+                (*i)++;
+            }
+            if (json_value(s, n, i, depth + 1) || !json_skip_ws(s, n, i)) return -1;
+            if (s[*i] == close) { (*i)++; return 0; }
+            if (s[*i] != ',') return -1;
+            (*i)++;
+        }
+    }
+    if (c == '"') {
+        for ((*i)++; *i < n && s[*i] != '"'; (*i)++) {
+            if ((unsigned char)s[*i] < 0x20) return -1;
+            if (s[*i] != '\\') continue;
+            if (++(*i) >= n || !strchr("\"\\/bfnrtu", s[*i]) || !s[*i]) return -1;
+            if (s[*i] == 'u')
+                for (int k = 0; k < 4; k++)
+                    if (*i + 1 >= n || !strchr("0123456789abcdefABCDEF", s[++(*i)]) || !s[*i]) return -1;
+        }
+        if (*i >= n) return -1;
+        (*i)++;
+        return 0;
+    }
+    static const char *words[] = {"true", "false", "null"};
+    for (int k = 0; k < 3; k++) {
+        size_t len = strlen(words[k]);
+        if (n - *i >= len && memcmp(s + *i, words[k], len) == 0) { *i += len; return 0; }
+    }
+    size_t start = *i;   /* a number: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? */
+    if (s[*i] == '-') (*i)++;
+    if (*i < n && s[*i] == '0') (*i)++;
+    else if (*i < n && s[*i] >= '1' && s[*i] <= '9') while (*i < n && s[*i] >= '0' && s[*i] <= '9') (*i)++;
+    else { *i = start; return -1; }
+    if (*i < n && s[*i] == '.') {
+        if (++(*i) >= n || s[*i] < '0' || s[*i] > '9') return -1;
+        while (*i < n && s[*i] >= '0' && s[*i] <= '9') (*i)++;
+    }
+    if (*i < n && (s[*i] == 'e' || s[*i] == 'E')) {
+        if (++(*i) < n && (s[*i] == '+' || s[*i] == '-')) (*i)++;
+        if (*i >= n || s[*i] < '0' || s[*i] > '9') return -1;
+        while (*i < n && s[*i] >= '0' && s[*i] <= '9') (*i)++;
+    }
+    return 0;
+}
+
+/* Code 6 unless stdin is empty or starts with a JSON object (what follows it, the agent
+ * judges: it answers code 6 too). */
+static void require_json_object(const char *s, size_t n) {
+    size_t i = 0;
+    char msg[160];
+    if (!json_skip_ws(s, n, &i)) return;
+    int object = s[i] == '{', ok = json_value(s, n, &i, 0) == 0;
+    if (ok && object) return;
+    if (ok) snprintf(msg, sizeof msg, "network config on stdin must be a JSON object");
+    else if (i >= n) snprintf(msg, sizeof msg, "network config on stdin is not valid JSON: "
+                              "it ends at byte %zu in the middle of a value", n);
+    else snprintf(msg, sizeof msg, "network config on stdin is not valid JSON: unexpected "
+                  "byte 0x%02x at offset %zu", (unsigned char)s[i], i);
+    fail(6, msg, "the runtime passes the network configuration (a JSON object) on stdin");
+}
+
 static long long now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -157,6 +235,7 @@ int main(void) {
         return write_all(1, msg.p, msg.len) ? 1 : 0;
     }
 
+    require_json_object(in.p, in.len);
     const char *sock = getenv("CALICO_LITE_AGENT_SOCKET");
     if (!sock || !*sock) sock = string_field(in.p, in.len, "agent_socket");
     if (!sock || !*sock) sock = DEFAULT_SOCKET;

@@ -121,6 +121,7 @@ def test_controller_incremental_passes_equal_the_full_compile_and_a_full_load(st
         status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
         assert status["calc"] == "incremental" and status["mode"] in ("update", "noop"), status
         assert ctl.calc.ruleset() == oracle(cache), event
+        assert ctl_node.call(ctl_node.applier.drift) == "", event   # no false alarm
     full_node.call(full_node.applier.sync, full_table(cache))
     assert_equal_tables(ctl_node, full_node, f"{len(seq)} datastore events")
 

@@ -103,6 +103,7 @@ def compile_(manifests: str, pod_list: list[Pod] | None = None) -> Ruleset:
 def test_sctp_named_ports_ranges_and_ip_blocks_load_and_list_back(clean):
     rs = compile_(SCTP_POLICIES)
     assert clean.call(clean.applier.sync, rs).mode == "sync"
+    assert clean.call(clean.applier.drift) == ""   # the resync's table check: no false alarm
     listing = clean.listing()
     ing = listing.split(f"chain {pod_chain(INGRESS, 'caliTTdiam')} {{")[1].split("}\n")[0]
     # ingress: the named port resolved on the selected pod (SCTP 3868, not its TCP port), a range

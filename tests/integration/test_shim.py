@@ -329,3 +329,76 @@ def test_add_latency_figure(shim: Path, sock_dir: Path, capsys: pytest.CaptureFi
     with capsys.disabled():
         print(f"\n[shim] median of 50: shim ADD via fake agent {shim_ms:.2f} ms, "
               f"`sh -c true` {sh_ms:.2f} ms", file=sys.stderr)
+
+
+MALFORMED = [("{", "not valid JSON"), ('{"cniVersion": "1.0.0",}', "not valid JSON"),
+             ("cniVersion: 1.0.0", "not valid JSON"), ('{"a": "b\\q"}', "not valid JSON"),
+             ('{"a": 01}', "not valid JSON"), ('{"a": "tab\there"}', "not valid JSON"),
+             ("[1, 2]", "must be a JSON object"), ('"calico-lite"', "must be a JSON object")]
+
+
+@pytest.mark.parametrize(("stdin", "why"), MALFORMED)
+def test_malformed_config_is_a_decoding_error_wherever_the_agent_is(
+        shim: Path, sock_dir: Path, stdin: str, why: str) -> None:
+    """Undecodable config cannot name agent_socket: the shim answers the spec's code 6 itself
+    (not 11 for the default socket path), and never contacts an agent."""
+    with FakeAgent(sock_dir / "a.sock") as agent:
+        for env in (cni_env("ADD"), cni_env("DEL", sock_dir / "a.sock")):
+            err = cni_error(run_shim(shim, env, stdin))
+            assert err["code"] == 6 and why in err["msg"], err
+            assert err["msg"].startswith("network config on stdin ")
+            assert "/var/run/calico-lite" not in err["msg"]
+        agent.sync()
+        assert agent.requests == []
+
+
+def _python_accepts(text: str) -> bool:
+    """What the agent's decoder (json, strict: no NaN) makes of the start of stdin."""
+    def no_constants(name: str):
+        raise ValueError(name)
+    try:
+        value, _ = json.JSONDecoder(parse_constant=no_constants).raw_decode(text.lstrip(" \t\r\n"))
+    except ValueError:
+        return False
+    return isinstance(value, dict)
+
+
+def test_shim_and_python_agree_on_what_is_a_json_object(shim: Path, sock_dir: Path) -> None:
+    """Random near-JSON through the real shim: code 6 exactly when Python's decoder refuses
+    the config (or it is not an object); otherwise the call reaches the agent."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False,
+                     allow_infinity=False), st.text(max_size=8))
+    values = st.recursive(leaf, lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+        max_leaves=8)
+    mangle = st.sampled_from(["", "drop", "insert", "truncate"])
+
+    with FakeAgent(sock_dir / "a.sock", reply=b"0\n{}") as agent:
+        @settings(max_examples=150, deadline=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(values, mangle, st.integers(min_value=0, max_value=200),
+               st.sampled_from(list('{}[]",:\\ ex0-.')))
+        def check(value, how, at, char):
+            text = json.dumps(value, ensure_ascii=False)
+            at = at % (len(text) + 1)
+            if how == "drop":
+                text = text[:at] + text[at + 1:]
+            elif how == "insert":
+                text = text[:at] + char + text[at:]
+            elif how == "truncate":
+                text = text[:at]
+            if not text.strip():
+                return   # empty stdin goes to the agent (DEL with no config)
+            before = len(agent.requests)
+            proc = run_shim(shim, cni_env("ADD", sock_dir / "a.sock"), text)
+            agent.sync()
+            if _python_accepts(text):
+                assert proc.returncode == 0, (text, proc.stdout)
+                assert len(agent.requests) == before + 1
+            else:
+                assert cni_error(proc)["code"] == 6, (text, proc.stdout)
+                assert len(agent.requests) == before
+        check()
