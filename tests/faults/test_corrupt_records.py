@@ -9,9 +9,10 @@ import json
 import os
 
 from calico_lite import keys
-from calico_lite.policy_inputs import pods_by_workload
+from calico_lite.policy_inputs import nat_inputs, pods_by_workload
 from policy.compiler import compile_ruleset
 from policy.manifests import policy_to_dict
+from policy.nat import nat_chain, nat_sets, nat_state, with_nat
 from policy.model import LabelSelector, Namespace, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule
 from tests.conftest import SHIM
 from tests.faults.agent_node import agent_node, wait_until
@@ -41,6 +42,10 @@ def expected_table(node, policies: dict[str, dict], workloads: dict[str, dict]) 
     pods = pods_by_workload(PODS, workloads, node.name).values()
     rs = compile_ruleset([policy_from_dict(v) for v in policies.values()], pods,
                          [Namespace("a", {"team": "a"})], [node.address])
+    records = {prefix: {k: v for k, v, _ in node.ds("list", prefix=prefix)}
+               for prefix in (keys.POOLS, keys.NODES)}
+    state = nat_state(*nat_inputs(records[keys.POOLS], records[keys.NODES]))
+    rs = with_nat(rs, nat_sets(state), nat_chain())   # the agent's table holds NAT outgoing too
     with nft_nodes("bsx", ("full",)) as (full,):
         full.call(full.applier.sync, rs)
         return full.table()
