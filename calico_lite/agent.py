@@ -168,6 +168,8 @@ class NodeAgent:
 
     def handle_cni(self, req: Request) -> dict | None:
         assert self.netlink
+        if req.command not in cni.USES_IPROUTE:  # no wait for a pooled socket
+            return cni.run(req, cni.Context(self.backend, None))
         with self.netlink.take() as ipr:
             return cni.run(req, cni.Context(self.backend, ipr))
 

@@ -59,7 +59,7 @@ class Backend(Protocol):
 @dataclass
 class Context:
     backend: Backend
-    ipr: IPRoute  # netlink in the node's namespace, kept open by the agent
+    ipr: IPRoute | None  # pyroute2 in the node's namespace, kept open by the agent (CHECK)
     log: list[str] = field(default_factory=list)
     spans: dict[str, float] = field(default_factory=dict)  # step -> ms, logged with the call
 
@@ -74,6 +74,9 @@ class Context:
                                      + (time.perf_counter() - start) * 1000, 2)
 
 
+# the verbs that use Context.ipr (pyroute2); ADD, DEL and GC open plugin.rtnl sockets of their
+# own, so the agent gives them no pooled socket and they never wait for one
+USES_IPROUTE = ("CHECK",)
 _BACKGROUND = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cni-bg")  # node netns
 
 
@@ -184,6 +187,7 @@ def cmd_check(req: Request, ctx: Context) -> dict | None:
         raise CniError(CONTAINER_UNKNOWN, f"no address held for {handle_of(req)} "
                        f"(prevResult says {', '.join(ips) or 'none'})")
     host = link.host_ifname(req.container_id, req.ifname)
+    assert ctx.ipr is not None, "CHECK is in USES_IPROUTE"
     index = link.link_index(ctx.ipr, host)
     if index is None:
         raise CniError(CONTAINER_UNKNOWN, f"host interface {host} is missing")

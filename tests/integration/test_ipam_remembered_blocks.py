@@ -83,12 +83,11 @@ def test_concurrent_assign_and_release_churn_never_holds_an_address_twice(ds):
     small_pool(ds, "10.244.0.0/26", 29)
     backend = DatastoreBackend(ds, "n1")
     rng = random.Random(7)
-    live: set[str] = set()
 
     def churn(i: int) -> str:
         h = f"c{i}/eth0"
-        ip = backend.assign(h, {}, lambda ip: Workload(h, f"c{i}", "eth0", "ns", f"p{i}", ip,
-                                                       f"cali{i}", "/x", "n1"))
+        backend.assign(h, {}, lambda ip: Workload(h, f"c{i}", "eth0", "ns", f"p{i}", ip,
+                                                   f"cali{i}", "/x", "n1"))
         if rng.random() < 0.5:
             backend.release(h)
             return ""
