@@ -7,7 +7,7 @@ exec'd the same way, through `ip netns exec NS PLUGIN`: ptp inside a bench names
 calico-lite shim inside the lab node's namespace. The wrapper's own cost is measured and printed.
 Figures are printed, never asserted. Everything (lab, namespaces, temp dirs) is removed at the
 end, also on failure or Ctrl-C. Usage (root):
-    .venv/bin/python bench/cni.py [--pods 50] [--parallel 8] [--quick]
+    .venv/bin/python bench/cni.py [--pods 50] [--parallel 8,32] [--quick] [--name LAB]
 """
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def make_netns(names: list[str]) -> None:
         subprocess.run(["ip", "-n", n, "link", "set", "lo", "up"], check=True)
 
 
-def print_table(rounds: dict[tuple[str, str], Round], labels: list[str], n: int, k: int) -> None:
+def print_table(rounds: dict[tuple[str, str], Round], labels: list[str], n: int,
+                levels: list[int]) -> None:
     cl, ref = labels
     print(f"\n{'':28}{cl:>15}{ref:>17}{'ratio':>9}")
 
@@ -127,9 +128,10 @@ def print_table(rounds: dict[tuple[str, str], Round], labels: list[str], n: int,
         ratio = a / b if b else float("nan")
         print(f"{name:28}{a:>12.1f} {unit:<2}{b:>14.1f} {unit:<2}{ratio:>8.2f}x")
 
-    for mode, title in (("seq", "sequential"), ("par", f"{k} in parallel")):
+    for k in [1, *levels]:
+        mode = mode_name(k)
         a, b = rounds[(cl, mode)], rounds[(ref, mode)]
-        print(f"-- {title}, {n} pods")
+        print(f"-- {'sequential' if k == 1 else f'{k} in parallel'}, {n} pods")
         for verb, xa, xb in (("ADD", a.add, b.add), ("DEL", a.delete, b.delete)):
             row(f"  {verb} p50", pct(xa, 0.5), pct(xb, 0.5), "ms")
             row(f"  {verb} p90", pct(xa, 0.9), pct(xb, 0.9), "ms")
@@ -140,21 +142,42 @@ def print_table(rounds: dict[tuple[str, str], Round], labels: list[str], n: int,
     print("ratio = calico-lite / reference (latency: lower is better; pods/s: higher is better)")
 
 
+def mode_name(parallel: int) -> str:
+    return "seq" if parallel == 1 else f"par{parallel}"
+
+
+def agent_spans(log_file: Path, tag: str) -> dict[str, dict[str, list[float]]]:
+    """verb -> step -> ms, the per-step spans the agent logged for containers named tag*."""
+    out: dict[str, dict[str, list[float]]] = {"ADD": {}, "DEL": {}}
+    for line in log_file.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("event") == "cni" and str(e.get("container", "")).startswith(tag) \
+                and e.get("verb") in out:
+            for step, ms in (e.get("spans") or {}).items():
+                out[e["verb"]].setdefault(step, []).append(float(ms))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pods", type=int, default=50)
-    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--parallel", default="8,32", help="parallel levels, comma-separated")
     ap.add_argument("--quick", action="store_true", help="10 pods, 4 in parallel (for CI)")
+    ap.add_argument("--name", help="the lab's name (default: a unique one)")
     args = ap.parse_args(argv)
-    n, k = (10, 4) if args.quick else (args.pods, args.parallel)
+    n, levels = (10, [4]) if args.quick else (args.pods, [int(x) for x in args.parallel.split(",")])
 
     prefix = unique_prefix("rt")
-    lab = lab_name("rt")
+    lab = args.name or lab_name("rt")
     tmp = Path(tempfile.mkdtemp(prefix="trt-bench-"))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        print(f"lab {lab}: 1 node; namespaces {prefix}-*; {n} pods, {k} in parallel")
+        print(f"lab {lab}: 1 node; namespaces {prefix}-*; {n} pods, sequential and "
+              f"{', '.join(map(str, levels))} in parallel")
         lab_cli("lab", "up", "--name", lab, "--racks", "1", "--nodes-per-rack", "1")
         node = lab_node(lab)
         bench_ns = f"{prefix}-ref"
@@ -175,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in (calico, ref):  # warm-up: calico-lite claims its block, caches fill
             run_round(c, pods[:2], 1, "warm")
         rounds: dict[tuple[str, str], Round] = {}
-        for mode, par in (("seq", 1), ("par", k)):
+        for par in (1, *levels):
             for c in (calico, ref):
+                mode = mode_name(par)
                 rounds[(c.label, mode)] = run_round(c, pods, par, f"{mode}{c.label[:2]}")
         leftover = len(cali_links(node.netns)), ipam_used(lab)
         wrap = wrapper_cost_ms(bench_ns)
@@ -185,14 +209,18 @@ def main(argv: list[str] | None = None) -> int:
               "node namespace, ptp in a bench namespace);")
         print(f"that wrapper alone (`ip netns exec NS true`) costs {wrap:.1f} ms p50, "
               "included in every figure below")
-        print_table(rounds, [calico.label, ref.label], n, k)
+        print_table(rounds, [calico.label, ref.label], n, levels)
         log_file = Path(node.conflist["plugins"][0].get("log_file", ""))
         if log_file.is_file():
-            for mode in ("seq", "par"):
-                inside = agent_ms(log_file, f"{mode}{calico.label[:2]}")
+            for mode in map(mode_name, (1, *levels)):
+                tag = f"{mode}{calico.label[:2]}"
+                inside = agent_ms(log_file, tag)
                 print(f"calico-lite agent-side time ({mode}), from its CNI log: "
                       + ", ".join(f"{v} p50 {pct(x, 0.5):.1f} ms p90 {pct(x, 0.9):.1f} ms"
                                   for v, x in inside.items()))
+                for verb, steps in agent_spans(log_file, tag).items():
+                    print(f"    {verb} steps p50: " + ", ".join(
+                        f"{k} {pct(x, 0.5):.1f}" for k, x in steps.items()))
         print(f"after all DELs: calico-lite links left {leftover[0]}, addresses held {leftover[1]}")
         return 0
     except KeyboardInterrupt:

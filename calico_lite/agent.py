@@ -31,7 +31,7 @@ from calico_lite.datastore import Datastore, DatastoreUnavailable
 from calico_lite.etcd_tls import EtcdTls
 from calico_lite.health import (DEFAULT_LISTEN, DEFAULT_LIVENESS_TIMEOUT, HealthServer,
                                 Heartbeats, parse_listen, serve_health)
-from calico_lite.ipam import ensure_pool
+from calico_lite.ipam import ensure_pool, list_pools
 from calico_lite.metrics import AgentMetrics
 from calico_lite.policy_sync import RESYNC_SECONDS as POLICY_RESYNC
 from calico_lite.policy_sync import PolicyController
@@ -111,7 +111,7 @@ class NodeAgent:
         self.stop_event = threading.Event()
         self.ds = Datastore(cfg.etcd_endpoints, tls=cfg.etcd_tls)
         self.cache = Cache(self.ds)
-        self.backend = DatastoreBackend(self.ds, cfg.node, mtu=self.pod_mtu)
+        self.backend = DatastoreBackend(self.ds, cfg.node, mtu=self.pod_mtu, pools=self.pools)
         self._uplink_mtu: tuple[float, int] = (0.0, 1500)
         self._mtu_lock = threading.Lock()
         self.routing = RoutingController(
@@ -163,8 +163,16 @@ class NodeAgent:
                 self._uplink_mtu = (time.monotonic(), mtu)
         return mtu - pool_overhead(self.cache.items(keys.POOLS))
 
+    def pools(self) -> list[Pool]:
+        """IP pools from the watched cache once it is synced (an ADD reads no pool from etcd);
+        from etcd before that, or if the cache has none (it may lag a just-created pool)."""
+        cached = self.cache.items(keys.POOLS) if self.cache.synced.is_set() else {}
+        return [Pool.from_dict(v) for v in cached.values()] or list_pools(self.ds)
+
     def handle_cni(self, req: Request) -> dict | None:
         assert self.netlink
+        if req.command not in cni.USES_IPROUTE:  # no wait for a pooled socket
+            return cni.run(req, cni.Context(self.backend, None))
         with self.netlink.take() as ipr:
             return cni.run(req, cni.Context(self.backend, ipr))
 

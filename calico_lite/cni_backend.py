@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from calico_lite import keys
-from calico_lite.blocks import IpamError
-from calico_lite.datastore import Datastore, DatastoreUnavailable
-from calico_lite.ipam import Ipam, PoolExhausted
+from calico_lite.blocks import IpamError, Pool
+from calico_lite.datastore import Datastore, DatastoreUnavailable, Op
+from calico_lite.ipam import Assignment, Ipam, PoolExhausted
 from plugin.cni import Workload
 from plugin.errors import CniError, IO_FAILURE, NO_ADDRESS, TRY_AGAIN_LATER
 
@@ -31,18 +31,25 @@ def datastore_errors(what: str) -> Iterator[None]:
 
 
 class DatastoreBackend:
-    def __init__(self, ds: Datastore, node: str, mtu: Callable[[], int] = lambda: 1500):
+    def __init__(self, ds: Datastore, node: str, mtu: Callable[[], int] = lambda: 1500,
+                 pools: Callable[[], list[Pool]] | None = None):
         self.ds = ds
         self.node = node
-        self.ipam = Ipam(ds, node)
+        self.ipam = Ipam(ds, node, pools=pools)
         self._mtu = mtu
         # one assignment at a time per node, like Calico's host-wide IPAM lock: concurrent
         # ADDs on a node all target its own block, and would only burn CAS retries on it
         self._ipam_lock = threading.Lock()
 
-    def assign(self, handle: str, attrs: dict) -> str:
+    def assign(self, handle: str, attrs: dict, workload: Callable[[str], Workload] | None = None) -> str:
+        """The address is held in etcd when this returns; workload(ip), when given, is the
+        workload record written in the same transaction (no second write per ADD)."""
+        def extra(a: Assignment) -> list[tuple]:
+            if workload is None:
+                return []
+            return [Op.put(keys.workload(self.node, handle), workload(a.ip).to_dict())]
         with datastore_errors(f"assigning an address to {handle}"), self._ipam_lock:
-            return self.ipam.assign(handle, attrs).ip
+            return self.ipam.assign(handle, attrs, extra).ip
 
     def release(self, handle: str) -> str | None:
         with datastore_errors(f"releasing the address of {handle}"), self._ipam_lock:
@@ -58,10 +65,6 @@ class DatastoreBackend:
         with datastore_errors("listing this node's handles"):
             return [e.key[len(keys.HANDLES):] for e in self.ds.list(keys.HANDLES)
                     if e.value.get("node") == self.node]
-
-    def record_workload(self, w: Workload) -> None:
-        with datastore_errors(f"recording workload {w.handle}"):
-            self.ds.put(keys.workload(self.node, w.handle), w.to_dict())
 
     def not_ready_reason(self) -> str | None:
         if not self.ds.healthy():

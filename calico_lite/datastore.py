@@ -202,6 +202,12 @@ class Datastore:
         self._call(self._client.delete_prefix, prefix)
 
     def txn(self, compare: list[tuple], success: list[tuple]) -> bool:
+        return self.commit(compare, success) is not None
+
+    def commit(self, compare: list[tuple], success: list[tuple]) -> int | None:
+        """A transaction that says at which store revision it wrote (the new mod_revision of
+        every key it put, so a caller can CAS on it next without reading the key back);
+        None if a compare failed; 0 if it wrote but the revision is unknown (no put)."""
         t = self._client.transactions
         cmp = []
         for kind, key, rev in compare:
@@ -212,10 +218,14 @@ class Datastore:
                 ops.append(t.put(op[1], json.dumps(op[2], sort_keys=True)))
             else:
                 ops.append(t.delete(op[1]))
-        ok, _ = self._call(self._client.transaction, compare=cmp, success=ops, failure=[])
+        ok, responses = self._call(self._client.transaction, compare=cmp, success=ops, failure=[])
         if not ok:
             self.on_retry("txn-conflict")   # a lost compare-and-swap: the caller retries or moves on
-        return bool(ok)
+            return None
+        for r in responses:
+            if r.WhichOneof("response") == "response_put":
+                return r.response_put.header.revision
+        return 0
 
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
         """Entries under prefix and the store revision they were read at (a value that is not

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from calico_lite import keys
 from calico_lite.blocks import Block, IpamError, Pool
@@ -46,13 +47,28 @@ def ensure_pool(ds: Datastore, pool: Pool = DEFAULT_POOL) -> bool:
     return ds.create(keys.pool(pool.name), pool.to_dict())
 
 
-class Ipam:
-    """IPAM as seen from one node: assigns from the node's blocks, claims or borrows more."""
+Extra = Callable[[Assignment], list[tuple]]  # more ops for the assignment's transaction
 
-    def __init__(self, ds: Datastore, node: str, strict_affinity: bool = False):
+
+class Ipam:
+    """IPAM as seen from one node: assigns from the node's blocks, claims or borrows more.
+
+    The node's own blocks are remembered as last written or read (value and mod_revision), so
+    an assignment in one of them is a single etcd transaction: CAS on the remembered revision,
+    the block with the new allocation, the handle, and whatever `extra` adds (the workload
+    record). A lost CAS (another writer, gc, a released block) re-reads the block and retries,
+    so the memory is only ever a guess that etcd confirms. Handles assigned here are remembered
+    too, so their release is one transaction as well. Callers serialize assign and release
+    (DatastoreBackend's lock); release_empty_blocks may run beside them (CAS covers it)."""
+
+    def __init__(self, ds: Datastore, node: str, strict_affinity: bool = False,
+                 pools: Callable[[], list[Pool]] | None = None):
         self.ds = ds
         self.node = node
         self.strict_affinity = strict_affinity
+        self._pools = pools or (lambda: list_pools(ds))   # e.g. the agent's watched cache
+        self._blocks: dict[str, Entry] = {}   # own block cidr -> the block as last seen
+        self._mine: dict[str, str] = {}       # handle assigned here -> its block cidr
 
     # --- queries -------------------------------------------------------------------------
     def get(self, handle: str) -> Assignment | None:
@@ -66,17 +82,19 @@ class Ipam:
         return sorted(keys.block_cidr(e.key) for e in self.ds.list(keys.affinities(self.node)))
 
     # --- assign --------------------------------------------------------------------------
-    def assign(self, handle: str, attrs: dict | None = None) -> Assignment:
+    def assign(self, handle: str, attrs: dict | None = None, extra: Extra | None = None) -> Assignment:
         """Assign one address to handle; idempotent (an existing handle returns its address:
         the assignment transaction requires the handle to be absent, see _assign_in_block)."""
-        attrs = attrs or {}
-        enabled = [p for p in list_pools(self.ds) if not p.disabled]
+        attrs, extra = attrs or {}, extra or (lambda a: [])
+        enabled = [p for p in self._pools() if not p.disabled]
         usable = lambda cidr: any(  # noqa: E731 - a block serves only while its pool is enabled
             ipaddress.ip_network(cidr).subnet_of(p.network) for p in enabled)
+        for cidr in sorted(filter(usable, list(self._blocks))):  # the blocks we know: no reads
+            if got := self._assign_in_block(cidr, handle, attrs, False, extra):
+                return got
         while True:  # own blocks first; claim another only when they are all full
             for cidr in filter(usable, self.affine_blocks()):
-                got = self._assign_in_block(cidr, handle, attrs, borrowed=False)
-                if got:
+                if got := self._assign_in_block(cidr, handle, attrs, False, extra):
                     return got
             if existing := self.get(handle):  # our blocks are full, but this one was done before
                 return existing
@@ -86,39 +104,56 @@ class Ipam:
             for e in self.ds.list(keys.BLOCKS):
                 b = block_of(e)
                 if b is not None and usable(b.cidr):
-                    got = self._assign_in_block(b.cidr, handle, attrs, borrowed=True)
-                    if got:
+                    if got := self._assign_in_block(b.cidr, handle, attrs, True, extra):
                         return got
         raise PoolExhausted(f"no free address for node {self.node} in pools "
                             f"{', '.join(p.cidr for p in enabled) or '(none enabled)'}")
 
-    def _assign_in_block(self, cidr: str, handle: str, attrs: dict, borrowed: bool) -> Assignment | None:
+    def _assign_in_block(self, cidr: str, handle: str, attrs: dict, borrowed: bool,
+                         extra: Extra) -> Assignment | None:
         key = keys.block(cidr)
+        e = None if borrowed else self._blocks.get(cidr)
         for _ in range(MAX_CAS_RETRIES):
-            e = get_entry(self.ds, key)
+            e = e or get_entry(self.ds, key)
             block = block_of(e) if e is not None else None
-            if e is None or block is None:
-                return None   # absent, or corrupt: skipped (logged), never overwritten
-            if borrowed == (block.affinity == self.node):
-                return None  # borrow only from others' blocks; ours must still be ours
+            if e is None or block is None or borrowed == (block.affinity == self.node):
+                # absent or corrupt (skipped, logged, never overwritten), or no longer ours:
+                # borrow only from others' blocks
+                self._blocks.pop(cidr, None)
+                return None
             offset = block.free_offset()
             if offset is None:
                 return None
             block.allocations[offset] = handle
             a = Assignment(handle, block.address(offset), cidr, self.node, borrowed)
-            if self.ds.txn([Op.unchanged(key, e.mod_revision), Op.absent(keys.handle(handle))],
-                           [Op.put(key, block.to_dict()),
-                            Op.put(keys.handle(handle),
-                                   {**a.to_dict(), **attrs, "created": time.time()})]):
+            rev = self.ds.commit(
+                [Op.unchanged(key, e.mod_revision), Op.absent(keys.handle(handle))],
+                [Op.put(key, block.to_dict()),
+                 Op.put(keys.handle(handle), {**a.to_dict(), **attrs, "created": time.time()}),
+                 *extra(a)])
+            if rev is not None:
+                if not borrowed:
+                    self._remember(Entry(key, block.to_dict(), rev), handle)
                 return a
+            self._blocks.pop(cidr, None)
             if existing := self.get(handle):  # assigned before, or by a concurrent retry
                 return existing
+            e = None  # the block changed under us: read it again
         raise IpamError(f"block {cidr}: too much contention ({MAX_CAS_RETRIES} CAS retries)")
+
+    def _remember(self, block: Entry, handle: str | None) -> None:
+        cidr = keys.block_cidr(block.key)
+        if block.mod_revision:
+            self._blocks[cidr] = block
+        else:
+            self._blocks.pop(cidr, None)
+        if handle:
+            self._mine[handle] = cidr
 
     def _claim_block(self) -> str | None:
         """Claim the first unclaimed block of any enabled pool; None when all are taken."""
         taken = {keys.block_cidr(e.key) for e in self.ds.list(keys.BLOCKS)}
-        for pool in list_pools(self.ds):
+        for pool in self._pools():
             if pool.disabled:
                 continue
             for cidr in pool.block_cidrs():
@@ -135,6 +170,10 @@ class Ipam:
     # --- release -------------------------------------------------------------------------
     def release(self, handle: str) -> Assignment | None:
         """Release the handle's address; None if there was nothing to release (idempotent)."""
+        if handle in self._mine:
+            done = self._release_known(handle, self._mine.pop(handle))
+            if done:
+                return done
         for _ in range(MAX_CAS_RETRIES):
             h = self.ds.get(keys.handle(handle))
             if h is None:
@@ -156,8 +195,32 @@ class Ipam:
                     ops.append(Op.put(bkey, block.to_dict()))
                     cmp.append(Op.unchanged(bkey, b.mod_revision))
             if self.ds.txn(cmp, ops):
+                self._blocks.pop(a.block, None)
                 return a
         raise IpamError(f"handle {handle}: too much contention releasing {MAX_CAS_RETRIES} times")
+
+    def _release_known(self, handle: str, cidr: str) -> Assignment | None:
+        """Release an address this Ipam assigned in one of its own blocks, in one transaction:
+        CAS on the block as last seen (which still holds the allocation), delete the handle
+        and its workload. None (the caller takes the general path) if the block moved on."""
+        e = self._blocks.get(cidr)
+        if e is None:
+            return None
+        block = Block.from_dict(e.value)
+        off = next((o for o, h in block.allocations.items() if h == handle), None)
+        if off is None:
+            return None
+        del block.allocations[off]
+        if not block.allocations:
+            block.empty_since = time.time()
+        rev = self.ds.commit([Op.unchanged(e.key, e.mod_revision)],
+                             [Op.put(e.key, block.to_dict()), Op.delete(keys.handle(handle)),
+                              Op.delete(keys.workload(self.node, handle))])
+        if rev is None:
+            self._blocks.pop(cidr, None)
+            return None
+        self._remember(Entry(e.key, block.to_dict(), rev), None)
+        return Assignment(handle, block.address(off), cidr, self.node)
 
     def release_ip(self, ip: str) -> Assignment | None:
         """Release whatever handle holds ip (the `ipam release` command)."""
@@ -195,6 +258,7 @@ class Ipam:
                 continue
             if self.ds.txn([Op.unchanged(e.key, e.mod_revision)],
                            [Op.delete(e.key), Op.delete(keys.affinity(self.node, cidr))]):
+                self._blocks.pop(cidr, None)
                 released.append(cidr)
         return released
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator, Protocol
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -19,7 +21,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from plugin import link
 from plugin.errors import (CniError, CONTAINER_UNKNOWN, INCOMPATIBLE_VERSION, INVALID_CONFIG,
                            INVALID_ENV, IO_FAILURE, NOT_READY)
-from plugin.netns import NetnsError, open_netns, run_in_netns
+from plugin.netns import NetnsError, open_netns, run_in_netns, run_in_netns_fd
+from plugin.rtnl import Rtnl
 from plugin.spec import Attachment, Request, add_result, version_result
 
 
@@ -44,11 +47,11 @@ class Backend(Protocol):
     """What the verbs need from the agent; raise CniError for datastore trouble."""
     node: str
 
-    def assign(self, handle: str, attrs: dict) -> str: ...
+    def assign(self, handle: str, attrs: dict,
+               workload: Callable[[str], Workload] | None = None) -> str: ...  # held when it returns
     def release(self, handle: str) -> str | None: ...  # also forgets the workload
     def holds(self, handle: str) -> str | None: ...
     def handles(self) -> list[str]: ...
-    def record_workload(self, w: Workload) -> None: ...
     def not_ready_reason(self) -> str | None: ...
     def pod_mtu(self) -> int: ...  # the uplink's MTU less the pools' encapsulation overhead
 
@@ -56,8 +59,25 @@ class Backend(Protocol):
 @dataclass
 class Context:
     backend: Backend
-    ipr: IPRoute  # netlink in the node's namespace, kept open by the agent
+    ipr: IPRoute | None  # pyroute2 in the node's namespace, kept open by the agent (CHECK)
     log: list[str] = field(default_factory=list)
+    spans: dict[str, float] = field(default_factory=dict)  # step -> ms, logged with the call
+
+    @contextlib.contextmanager
+    def span(self, step: str) -> Iterator[None]:
+        """Time one step of a verb (the per-step breakdown in the call log and the profile)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spans[step] = round(self.spans.get(step, 0.0)
+                                     + (time.perf_counter() - start) * 1000, 2)
+
+
+# the verbs that use Context.ipr (pyroute2); ADD, DEL and GC open plugin.rtnl sockets of their
+# own, so the agent gives them no pooled socket and they never wait for one
+USES_IPROUTE = ("CHECK",)
+_BACKGROUND = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cni-bg")  # node netns
 
 
 def handle_of(req: Request) -> str:
@@ -74,41 +94,60 @@ def cmd_add(req: Request, ctx: Context) -> dict:
     except NetnsError as e:
         raise CniError(INVALID_ENV, f"CNI_NETNS: {e.strerror}") from None
     try:
-        return _add(req, ctx, pod_fd)
+        # nl in the node's namespace (like every agent thread), pod_nl opened inside the pod's
+        with Rtnl() as nl, run_in_netns_fd(pod_fd, req.netns_path, Rtnl) as pod_nl:
+            return _add(req, ctx, nl, pod_fd, pod_nl)
     finally:
         os.close(pod_fd)
 
 
-def _add(req: Request, ctx: Context, pod_fd: int) -> dict:
+def _add(req: Request, ctx: Context, nl: Rtnl, pod_fd: int, pod_nl: Rtnl) -> dict:
+    """The address is assigned (one etcd transaction, the workload record with it) while the
+    veth is made and brought up; the pod end is addressed only once the address is held."""
     namespace, pod = req.pod
     handle = handle_of(req)
     host = link.host_ifname(req.container_id, req.ifname)
     mtu = req.mtu or ctx.backend.pod_mtu()
-    if link.link_index(ctx.ipr, host) is not None:
+    with ctx.span("stale-check"):
+        stale = nl.link_index(host) is not None
+    if stale:
         if ctx.backend.holds(handle):
             raise _exists(req)
-        link.delete_link(ctx.ipr, host)  # a stale end left by a crashed ADD of this container
+        link.delete_link(nl, host)  # a stale end left by a crashed ADD of this container
+    mac = link.pod_mac()
     with contextlib.ExitStack() as undo:
-        ip = ctx.backend.assign(handle, {"namespace": namespace, "pod": pod,
-                                         "containerID": req.container_id})
-        undo.callback(ctx.backend.release, handle)
+        assigning = _BACKGROUND.submit(
+            ctx.backend.assign, handle,
+            {"namespace": namespace, "pod": pod, "containerID": req.container_id},
+            lambda ip: Workload(handle, req.container_id, req.ifname, namespace, pod, ip, host,
+                                req.netns, ctx.backend.node))
+        undo.callback(_release_if_assigned, ctx, handle, assigning)
         try:
-            index = link.create_veth(ctx.ipr, host, req.ifname, pod_fd, mtu)
+            with ctx.span("veth"):
+                index = link.create_veth(nl, host, req.ifname, pod_fd, mtu, mac)
+                undo.callback(link.delete_link, nl, host)
+                pod_index = link.pod_end_up(pod_nl, req.ifname)
         except NetlinkError as e:
             raise (_exists(req) if e.code == errno.EEXIST else
                    _netlink(f"creating veth {host} <-> {req.ifname} in {req.netns}", e)) from None
-        undo.callback(link.delete_link, ctx.ipr, host)
+        with ctx.span("assign-wait"):
+            ip = assigning.result()  # raises the CniError of a failed assignment
         try:
-            pod_end = run_in_netns(req.netns_path, lambda: link.configure_pod_end(req.ifname, ip))
-            link.configure_host_end(ctx.ipr, index, host, ip)
+            with ctx.span("addresses"):
+                link.address_pod_end(pod_nl, pod_index, ip)
+                link.configure_host_end(nl, index, host, ip)
         except NetlinkError as e:
             raise _netlink(f"wiring {ip} on {host} <-> {req.ifname} in {req.netns}", e) from None
-        ctx.backend.record_workload(Workload(handle, req.container_id, req.ifname, namespace,
-                                             pod, ip, host, req.netns, ctx.backend.node))
         undo.pop_all()
     return add_result(req.cni_version, Attachment(
         host_ifname=host, host_mac=link.HOST_MAC, pod_ifname=req.ifname,
-        pod_mac=pod_end.mac, sandbox=req.netns, ip=ip, mtu=mtu))
+        pod_mac=mac, sandbox=req.netns, ip=ip, mtu=mtu))
+
+
+def _release_if_assigned(ctx: Context, handle: str, assigning: Future) -> None:
+    """Undo of the assignment: once it has finished, release it if it succeeded."""
+    if assigning.exception() is None:
+        ctx.backend.release(handle)
 
 
 def _exists(req: Request) -> CniError:
@@ -117,13 +156,21 @@ def _exists(req: Request) -> CniError:
 
 
 def cmd_del(req: Request, ctx: Context) -> dict | None:
-    """Idempotent: whatever is left of the attachment goes; nothing left is fine."""
+    """Idempotent: whatever is left of the attachment goes; nothing left is fine. The kernel
+    takes ~15 ms to delete a veth (it waits for RCU grace periods) and the release is an etcd
+    round trip: both run at once, and DEL answers when both are done."""
     host = link.host_ifname(req.container_id, req.ifname)
-    try:
-        link.delete_link(ctx.ipr, host)  # takes the pod end with it, whatever the netns state
-    except NetlinkError as e:
-        raise _netlink(f"deleting {host}", e) from None
-    ctx.backend.release(handle_of(req))  # the workload record goes in the same transaction
+    with Rtnl() as nl:
+        deleting = _BACKGROUND.submit(link.delete_link, nl, host)  # takes the pod end with it
+        try:
+            with ctx.span("release"):
+                ctx.backend.release(handle_of(req))  # the workload record goes in the same txn
+        finally:
+            with ctx.span("link"):
+                try:
+                    deleting.result()
+                except NetlinkError as e:
+                    raise _netlink(f"deleting {host}", e) from None
     return None
 
 
@@ -140,6 +187,7 @@ def cmd_check(req: Request, ctx: Context) -> dict | None:
         raise CniError(CONTAINER_UNKNOWN, f"no address held for {handle_of(req)} "
                        f"(prevResult says {', '.join(ips) or 'none'})")
     host = link.host_ifname(req.container_id, req.ifname)
+    assert ctx.ipr is not None, "CHECK is in USES_IPROUTE"
     index = link.link_index(ctx.ipr, host)
     if index is None:
         raise CniError(CONTAINER_UNKNOWN, f"host interface {host} is missing")
@@ -176,7 +224,8 @@ def cmd_gc(req: Request, ctx: Context) -> dict | None:
             continue
         cid, _, ifname = handle.partition("/")
         try:
-            link.delete_link(ctx.ipr, link.host_ifname(cid, ifname))
+            with Rtnl() as nl:
+                link.delete_link(nl, link.host_ifname(cid, ifname))
             ctx.backend.release(handle)
         except (CniError, NetlinkError, OSError) as e:
             failures.append(f"{handle}: {e}")
@@ -203,5 +252,8 @@ def disabled(req: Request) -> bool:
 def run(req: Request, ctx: Context) -> dict | None:
     if disabled(req):
         return None
-    return VERBS[req.command](req, ctx)
+    try:
+        return VERBS[req.command](req, ctx)
+    finally:
+        req.spans.update(ctx.spans)
 

@@ -2,16 +2,21 @@
 
 Host end: cali<hash>, MAC ee:ee:ee:ee:ee:ee, proxy_arp=1, proxy_delay=0, route IP/32 scope
 link. Pod end: IP/32, a scope-link route to 169.254.1.1 and a default route through it.
+ADD and DEL go through plugin.rtnl (few round trips, no pyroute2 per-call cost); CHECK's
+inspection and the uplink MTU use pyroute2.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from plugin import rtnl
+from plugin.rtnl import Rtnl
 from plugin.spec import GATEWAY
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
@@ -30,29 +35,31 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
-def link_mac(ipr: IPRoute, index: int) -> str:
-    return ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
-
-
 def write_sysctl(path: str, value: str) -> None:
     with open(f"/proc/sys/{path}", "w") as f:
         f.write(value)
 
 
-def create_veth(ipr: IPRoute, host: str, peer: str, peer_netns_fd: int, mtu: int) -> int:
-    """Create host<->peer with the peer born inside the pod namespace; returns host index."""
-    ipr.link("add", ifname=host, kind="veth", mtu=mtu, address=HOST_MAC,
-             peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu})
-    return link_index(ipr, host)  # type: ignore[return-value]
+def pod_mac() -> str:
+    """A random locally administered unicast MAC for the pod end (what the kernel would pick;
+    choosing it here saves reading it back for the ADD result)."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
-def delete_link(ipr: IPRoute, name: str) -> bool:
-    """Delete by name; False if it was not there (DEL is idempotent)."""
-    idx = link_index(ipr, name)
-    if idx is None:
-        return False
+def create_veth(nl: Rtnl, host: str, peer: str, peer_netns_fd: int, mtu: int, mac: str) -> int:
+    """Create host<->peer, both up, the peer born inside the pod namespace with MAC mac;
+    returns the host end's index (looked up in the same datagram as the creation)."""
+    return nl.call(rtnl.veth_request(host, peer, peer_netns_fd, mtu, HOST_MAC, mac),
+                   rtnl.get_link_request(host))[1].index
+
+
+def delete_link(nl: Rtnl, name: str) -> bool:
+    """Delete by name (the veth's other end goes with it); False if it was not there (DEL is
+    idempotent)."""
     try:
-        ipr.link("del", index=idx)
+        nl.call(rtnl.delete_link_request(name))
     except NetlinkError as e:
         if e.code != errno.ENODEV:
             raise
@@ -60,34 +67,32 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-def configure_host_end(ipr: IPRoute, index: int, name: str, ip: str) -> None:
+def configure_host_end(nl: Rtnl, index: int, name: str, ip: str) -> None:
     write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
     write_sysctl(f"net/ipv4/neigh/{name}/proxy_delay", "0")
     write_sysctl(f"net/ipv4/conf/{name}/forwarding", "1")
-    ipr.link("set", index=index, state="up")
-    ipr.route("replace", dst=f"{ip}/32", oif=index, scope=SCOPE_LINK, proto=RT_PROTO_STATIC)
+    nl.call(rtnl.route_request(index, ip, 32, scope=SCOPE_LINK, proto=RT_PROTO_STATIC,
+                               replace=True))
 
 
-@dataclass(frozen=True)
-class PodEnd:
-    index: int
-    mac: str
+def pod_end_up(pod_nl: Rtnl, ifname: str) -> int:
+    """lo and the pod end up, the pod end's index: one datagram on a socket in the pod's
+    namespace (no address needed yet, so this runs while the address is being assigned)."""
+    up = [(rtnl.RTM_NEWLINK, 0, rtnl.ifinfo(up=True) + rtnl.name_attr(rtnl.IFLA_IFNAME, n))
+          for n in ("lo", ifname)]
+    try:
+        return pod_nl.call(*up, rtnl.get_link_request(ifname))[2].index
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            raise RuntimeError(f"interface {ifname} did not appear in the pod namespace") from None
+        raise
 
 
-def configure_pod_end(ifname: str, ip: str) -> PodEnd:
-    """Runs inside the pod namespace (see plugin.netns.run_in_netns)."""
-    with IPRoute() as ipr:
-        idx = link_index(ipr, ifname)
-        if idx is None:
-            raise RuntimeError(f"interface {ifname} did not appear in the pod namespace")
-        lo = link_index(ipr, "lo")
-        if lo is not None:
-            ipr.link("set", index=lo, state="up")
-        ipr.link("set", index=idx, state="up")
-        ipr.addr("add", index=idx, address=ip, prefixlen=32)
-        ipr.route("add", dst=f"{GATEWAY}/32", oif=idx, scope=SCOPE_LINK)
-        ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=idx)
-        return PodEnd(idx, link_mac(ipr, idx))
+def address_pod_end(pod_nl: Rtnl, index: int, ip: str) -> None:
+    """IP/32, the scope-link route to the gateway and the default route through it."""
+    pod_nl.call(rtnl.address_request(index, ip),
+                rtnl.route_request(index, GATEWAY, 32, scope=SCOPE_LINK),
+                rtnl.route_request(index, "0.0.0.0", 0, gateway=GATEWAY))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,14 @@ def enter(path: str) -> None:
 def run_in_netns(path: str, fn: Callable[[], T]) -> T:
     """Run fn() in a fresh thread inside the namespace at path; re-raise what it raises."""
     fd = open_netns(path)
+    try:
+        return run_in_netns_fd(fd, path, fn)
+    finally:
+        os.close(fd)
+
+
+def run_in_netns_fd(fd: int, path: str, fn: Callable[[], T]) -> T:
+    """run_in_netns for a namespace already open as fd (path only names it in errors)."""
     result: dict[str, object] = {}
 
     def worker() -> None:
@@ -65,12 +73,9 @@ def run_in_netns(path: str, fn: Callable[[], T]) -> T:
         except BaseException as e:  # handed back to the caller's thread
             result["error"] = e
 
-    try:
-        t = threading.Thread(target=worker, name=f"netns:{os.path.basename(path)}")
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
+    t = threading.Thread(target=worker, name=f"netns:{os.path.basename(path)}")
+    t.start()
+    t.join()
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result.get("value")  # type: ignore[return-value]

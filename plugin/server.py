@@ -48,7 +48,11 @@ def serve_one(raw: bytes, handler: Handler, caller_pid: int = 0) -> tuple[int, s
                       ifname=env.get("CNI_IFNAME"))
         req = dataclasses.replace(parse_request(env, stdin), caller_pid=caller_pid)
         fields["log_file"] = req.config.get("log_file")
-        result = handler(req)
+        try:
+            result = handler(req)
+        finally:
+            if req.spans:
+                fields["spans"] = req.spans
         fields["result"] = "ok"
         return 0, json.dumps(result) if result is not None else "", fields
     except CniError as e:

@@ -26,6 +26,7 @@ class Request:
     config: dict
     cni_version: str
     caller_pid: int = 0  # the shim's PID (SO_PEERCRED), to see CNI_NETNS as the runtime sees it
+    spans: dict[str, float] = field(default_factory=dict, compare=False)  # filled by the verbs
 
     @property
     def netns_path(self) -> str:

@@ -97,3 +97,33 @@ def test_kill_9_mid_add_leaves_only_what_check_explains_and_gc_fixes(lab):
     assert code == 0 and report["findings"] == [], report
     ok = [r for r in results if r[2] == 0]
     assert report["in_use"] == len(ok)  # every pod that got an address still has it
+
+
+def test_adds_and_dels_interleaved_on_one_node_never_share_an_address(lab):
+    """The one-transaction IPAM path under churn: each wave's ADDs run while the previous
+    wave's DELs release addresses in the same block (CAS on the block the agent remembers)."""
+    node = Node(lab, status(lab)["nodes"][0])
+    used_before, links_before = ipam_used_and_links(lab, node)
+    previous: list = []
+    with ThreadPoolExecutor(24) as ex:
+        for _ in range(4):
+            adds = [ex.submit(node.add_pod) for _ in range(12)]
+            dels = [ex.submit(node.call, "DEL", cid, netns) for cid, netns, _, _ in previous]
+            current = [f.result() for f in adds]
+            assert [f.result()[0] for f in dels] == [0] * len(dels)
+            assert [r[2] for r in current] == [0] * 12, [r[3] for r in current if r[2]]
+            ips = {out["ips"][0]["address"] for *_, out in current}
+            assert len(ips) == 12
+            previous = current
+        assert [f.result()[0] for f in
+                [ex.submit(node.call, "DEL", cid, netns) for cid, netns, _, _ in previous]] == [0] * 12
+    code, report = ipam_check(lab)
+    assert code == 0 and report["findings"] == [], report
+    assert ipam_used_and_links(lab, node) == (used_before, links_before)  # earlier tests' pods
+
+
+def ipam_used_and_links(lab: str, node: Node) -> tuple[int, set[str]]:
+    shown = json.loads(lab_cli("ipam", "show", "--lab", lab, "--json").stdout)
+    out = subprocess.run(["ip", "-n", node.netns, "-o", "link"], capture_output=True, text=True).stdout
+    return (sum(b["used"] for b in shown["blocks"]),
+            {w.rstrip(":").split("@")[0] for w in out.split() if w.startswith("cali")})
