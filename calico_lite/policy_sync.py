@@ -30,7 +30,7 @@ from policy.manifests import policy_from_dict
 from policy.model import Namespace, NetworkPolicy, Pod
 from policy.nat import NatState, nat_chain, nat_sets, nat_state, with_nat
 from policy.ruleset import Ruleset
-from policy.conntrack import forget_udp_flows
+from policy.conntrack import flows_to_forget, forget_udp_flows
 from policy.nft import NftError
 
 log = logging.getLogger("calico-lite.policy")
@@ -60,14 +60,12 @@ class PolicyController:
         self.beat: Callable[[], None] = lambda: None   # liveness (agent_health)
         self.restored = 0   # times the resync found our table changed behind our back
 
-    def _feed(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> bool:
-        """Turn what changed since the last pass into events; True when policies, namespaces or
-        pod identities/labels changed (who may talk), so UDP flows must be judged again."""
+    def _feed(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> None:
+        """Turn what changed since the last pass into events for the incremental calculation."""
         calc = self.calc
         assert calc is not None
         parsed = {k: policy_from_dict(v) for k, v in raw_policies.items()  # may raise: before any event
                   if self._raw_policies.get(k) != v}
-        view_changed = bool(parsed) or raw_policies.keys() != self._raw_policies.keys()
         for k in self._raw_policies.keys() - raw_policies.keys():
             calc.remove_policy(self._policy_keys.pop(k))
         for k, pol in parsed.items():
@@ -78,22 +76,16 @@ class PolicyController:
         self._raw_policies = raw_policies
         for name in self._namespaces.keys() - namespaces.keys():
             calc.remove_namespace(name)
-            view_changed = True
         for name, ns in namespaces.items():
             if self._namespaces.get(name) != ns:
                 calc.set_namespace(ns)
-                view_changed = True
         self._namespaces = namespaces
         for k in self._pods.keys() - pods.keys():
             calc.remove_pod(k)
-            view_changed = True
         for k, pod in pods.items():
-            old = self._pods.get(k)
-            if old != pod:
+            if self._pods.get(k) != pod:
                 calc.set_pod(k, pod)
-                view_changed |= old is None or (old.namespace, old.name, old.labels) != (pod.namespace, pod.name, pod.labels)
         self._pods = pods
-        return view_changed
 
     def _full(self, raw_policies: dict, namespaces: dict[str, Namespace], pods: dict[str, Pod]) -> Ruleset:
         """The resync: the full compile; the incremental state is checked against it, rebuilt on drift."""
@@ -124,12 +116,11 @@ class PolicyController:
         pods = pods_by_workload(self.cache.items(keys.K8S_PODS), self.cache.items(keys.WORKLOADS), self.node)
         start = time.perf_counter()
         first = self.calc is None
+        before = dict(self._pods), dict(self._namespaces), dict(self._raw_policies)
         if full or first:
-            before = dict(self._pods), dict(self._namespaces), dict(self._raw_policies)
             ruleset = self._full(raw_policies, namespaces, pods)
-            view_changed = before != (pods, namespaces, raw_policies)
         else:
-            view_changed = self._feed(raw_policies, namespaces, pods)
+            self._feed(raw_policies, namespaces, pods)
             ruleset = self.calc.ruleset()  # type: ignore[union-attr]
         table, nat = self.nat_table(ruleset)
         compiled = time.perf_counter()
@@ -139,8 +130,9 @@ class PolicyController:
         # local pods are forgotten so each is judged again (not on the first pass: a restarted
         # agent inherits flows its predecessor's identical rules allowed)
         forgotten = 0
-        if not first and view_changed:
-            forgotten = forget_udp_flows({p.ip for p in pods.values() if p.interface})
+        if not first:
+            everyone = before[1:] != (namespaces, raw_policies)
+            forgotten = forget_udp_flows(flows_to_forget(before[0], pods, everyone))
         return {"node": self.node, "generation": generation, "revision": revision,
                 "mode": result.mode, "calc": "full" if full or first else "incremental",
                 "compile_ms": round((compiled - start) * 1e3, 1),

@@ -8,9 +8,29 @@ established one when policy changes is left open by Kubernetes: TCP entries stay
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 
 from pyroute2 import Conntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+from policy.model import Pod
+
+
+def flows_to_forget(before: Mapping[str, Pod], after: Mapping[str, Pod], everyone: bool) -> set[str]:
+    """The pod addresses whose UDP flows must be judged again after a change (pure).
+
+    everyone (a policy or a namespace changed): every local pod. Otherwise only pods whose
+    identity or labels changed, and pods that went away (their address may be given out
+    again, as Felix forgets a removed endpoint's flows). A new pod has no flow yet, and
+    adding it only adds its address to sets: nothing to forget, so a CNI ADD costs no
+    conntrack dump (12 ms of CPU under the interpreter lock, measured)."""
+    if everyone:
+        return {p.ip for p in after.values() if p.interface}
+    def who(p: Pod) -> tuple:   # what policy matches on (not where its veth is)
+        return p.namespace, p.name, p.ip, p.labels, p.ports
+    gone = {p.ip for k, p in before.items() if k not in after}
+    changed = {p.ip for k, p in after.items() if k in before and who(before[k]) != who(p)}
+    return gone | changed
 
 
 def forget_udp_flows(pod_ips: set[str]) -> int:

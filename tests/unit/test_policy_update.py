@@ -101,3 +101,25 @@ def test_maps_coming_or_going_stay_structural():
     new = compile_(DENY)
     del new.maps[INGRESS_MAP]
     assert render_update(old, new) == (None, "maps added, removed or retyped")
+
+
+# --- which UDP flows a change makes us forget (policy.conntrack.flows_to_forget) ---------
+def test_flows_forgotten_after_a_change_are_only_those_it_can_affect():
+    from policy.conntrack import flows_to_forget
+    from policy.model import Pod
+    a = Pod("n", "a", "10.0.0.1", {"app": "x"}, interface="cali1")
+    b = Pod("n", "b", "10.0.0.2", {"app": "y"}, interface="cali2")
+    remote = Pod("n", "r", "10.0.1.1", {"app": "x"}, node="other")
+    before = {"a": a, "b": b, "r": remote}
+    # a new pod: nothing to forget (the ADD path does no conntrack dump)
+    assert flows_to_forget(before, {**before, "c": Pod("n", "c", "10.0.0.3", interface="cali3")}, False) == set()
+    # a relabelled pod, local or remote: its own flows only
+    assert flows_to_forget(before, {**before, "r": Pod("n", "r", "10.0.1.1", {"app": "z"}, node="other")},
+                           False) == {"10.0.1.1"}
+    # a pod gone: its address
+    assert flows_to_forget(before, {"a": a, "r": remote}, False) == {"10.0.0.2"}
+    # its veth renamed only: policy matches nothing of that
+    assert flows_to_forget(before, {**before, "a": Pod("n", "a", "10.0.0.1", {"app": "x"}, interface="caliX")},
+                           False) == set()
+    # a policy or namespace changed: every local pod
+    assert flows_to_forget(before, before, True) == {"10.0.0.1", "10.0.0.2"}
