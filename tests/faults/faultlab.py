@@ -88,6 +88,10 @@ class EtcdProcess:
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not pl.pid_alive(pid), "etcd gone", timeout=15)
 
+    def running(self) -> bool:
+        pid = Lab(self.lab).store.load().pids.get("etcd")
+        return bool(pid and pl.pid_alive(pid))
+
     def start(self) -> None:
         assert self.argv, "etcd was not stopped by this helper"
         lab = Lab(self.lab)
