@@ -113,6 +113,27 @@ def etcd_get_prefix(lab: str, prefix: str) -> dict[str, object]:
     return out
 
 
+def etcdctl(lab: str, *args: str) -> str:
+    plan = Lab(lab).plan
+    return subprocess.run([*fabric.etcdctl_argv(plan), *args], capture_output=True, text=True,
+                          check=True, env={**os.environ, "ETCDCTL_API": "3"}).stdout
+
+
+def agents_synced(lab: str, timeout: float = 120.0) -> float:
+    """Seconds until every agent's policy controller has seen a barrier written now (its watch
+    and its writes work again). Straight to etcd: the API server is not on this path."""
+    t0 = time.monotonic()
+    out = json.loads(etcdctl(lab, "put", keys.BARRIER, json.dumps({"at": time.time()}), "-w", "json"))
+    barrier = int(out["header"]["revision"])
+    nodes = [n.name for n in Lab(lab).plan.nodes]
+
+    def synced() -> bool:
+        done = etcd_get_prefix(lab, keys.POLICY_STATUS)
+        return all(done.get(keys.policy_status(n), {}).get("revision", 0) >= barrier for n in nodes)
+    wait_for(synced, "every agent past the barrier", timeout=timeout, interval=0.1)
+    return time.monotonic() - t0
+
+
 def workloads(lab: str) -> list[dict]:
     return list(etcd_get_prefix(lab, keys.WORKLOADS).values())
 

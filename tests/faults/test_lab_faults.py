@@ -26,7 +26,7 @@ from plugin.link import host_ifname
 from tests.conftest import lab_cli
 from tests.e2e.labutil import agent_pid, exabgp_pid, pod_ip, vtysh
 from tests.faults.faultlab import (EtcdProcess, Stream, all_leftovers, cni_nodes, drop_sandbox,
-                                   duplicates, etcd_get_prefix, fault_lab, form, info, ipam_check,
+                                   agents_synced, duplicates, etcd_get_prefix, fault_lab, form, info, ipam_check,
                                    ipam_gc, workloads)
 from tests.nslib import remove_netns_with_prefix, wait_for
 
@@ -110,7 +110,10 @@ def test_etcd_outage_keeps_pods_and_policies_and_adds_fail_fast(lab, tmp_path):
         adds[1] += node.call("ADD", *adds[1])
         etcd.start()
         back = time.monotonic()
-        # a barrier write: every agent's watch must see it and its answer reach etcd
+        # a barrier written in etcd: every agent's watch must see it and its answer reach etcd
+        agents_synced(lab)
+        synced = time.monotonic() - back
+        # through the API server and kube-sync as well (each reconnects to etcd on its own)
         lab_cli("lab", "wait", "--name", lab, "--policy", "--timeout", "120")
         reconnect = time.monotonic() - back
         time.sleep(0.5)
@@ -120,8 +123,8 @@ def test_etcd_outage_keeps_pods_and_policies_and_adds_fail_fast(lab, tmp_path):
             etcd.start()
     info(f"etcd stopped {outage:.0f}s: stream lost {result['lost_count']}/{result['sent']}; "
          f"ADDs during the outage answered codes {[a[3].get('code') for a in adds]} in "
-         f"{[round(a[4], 2) for a in adds]}s; agents resynced"
-         f" (policy barrier answered) {reconnect:.1f}s after its restart")
+         f"{[round(a[4], 2) for a in adds]}s; after etcd's restart every agent answered a "
+         f"barrier in {synced:.1f}s, the API server and kube-sync in {reconnect:.1f}s")
     assert result["sent"] > outage * 50 and result["lost_count"] == 0, result["lost_runs"]
     assert during == expected(eps) and late == expected(eps), "a policy or a path changed"
     links = subprocess.run(["ip", "-n", node.netns, "-o", "link"], capture_output=True, text=True).stdout
