@@ -60,6 +60,7 @@ def test_waves_of_pods_leave_no_duplicate_and_no_leak(lab):
     rss_start = {n: agent_rss_kib(p) for n, p in agents.items()}
     stream = Stream(lab, "default/p-r1n1", pod_ip(lab, "default/p-r2n1"), interval=0.02)
     durations: list[float] = []
+    rss_waves: list[int] = []   # the largest agent RSS after each wave: does it level off?
     t0 = time.monotonic()
     try:
         for w in range(waves):
@@ -69,6 +70,7 @@ def test_waves_of_pods_leave_no_duplicate_and_no_leak(lab):
             assert duplicates(addresses[:len(took)]) == [], f"wave {w}: an address handed out twice"
             assert duplicates(addresses[len(took):]) == [], f"wave {w}: a workload record shared"
             durations += took
+            rss_waves.append(max(agent_rss_kib(p) for p in agents.values()))
     finally:
         result = stream.finish()
     elapsed = time.monotonic() - t0
@@ -76,7 +78,8 @@ def test_waves_of_pods_leave_no_duplicate_and_no_leak(lab):
     info(f"load: {waves} waves of {pods} pods on 4 nodes, {PARALLEL} in parallel, "
          f"{waves * pods * 2} CNI calls in {elapsed:.0f}s; "
          f"ADD p50 {percentile(durations, 0.5) * 1000:.0f} ms, "
-         f"p99 {percentile(durations, 0.99) * 1000:.0f} ms; agent RSS KiB start {rss_start} end {rss_end}; "
+         f"p99 {percentile(durations, 0.99) * 1000:.0f} ms; agent RSS KiB start {rss_start} end {rss_end} "
+         f"(largest after each wave {rss_waves}); "
          f"stream lost {result['lost_count']}/{result['sent']}")
     assert {n.name: agent_pid(lab, n.name) for n in nodes} == agents, "an agent restarted"
     assert result["lost_count"] == 0, result["lost_runs"]
