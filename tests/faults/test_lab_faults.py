@@ -87,6 +87,25 @@ def stream(lab: str, src: str = "r1n1", dst: str = "r2n1", interval: float = 0.0
     return Stream(lab, f"default/p-{src}", pod_ip(lab, f"default/p-{dst}"), interval)
 
 
+def changes_go_through(lab: str, eps: list[Endpoint], tmp: Path) -> None:
+    """After the outage: a new policy (API -> kube-sync -> etcd -> agents) is enforced, and a
+    new pod (node component -> CNI -> IPAM -> BGP) is reachable from the other rack."""
+    allow = json.loads(json.dumps(POLICY))
+    allow["metadata"]["name"] = "r2n2-from-r1n2"
+    allow["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] = "r1n2"
+    kubectl_apply(lab, allow, tmp)
+    assert matrix(eps) == expected(eps, ("p-r1n2",))
+    lab_cli("lab", "kubectl", "--name", lab, "--", "delete", "networkpolicy", "-n", "default",
+            "r2n2-from-r1n2")
+    lab_cli("lab", "wait", "--name", lab, "--policy")
+    lab_cli("lab", "pod", "add", "default/after-etcd", "--node", "r2n1", "--name", lab, "--serve", "tcp:80")
+    plan = Lab(lab).plan
+    src = f"/var/run/netns/{plan.pod_netns('default', 'p-r1n1')}"
+    wait_for(lambda: probe_from(src, pod_ip(lab, "default/after-etcd"), 80, "tcp"),
+             "the new pod reachable from the other rack", timeout=30, interval=0.2)
+    lab_cli("lab", "pod", "del", "default/after-etcd", "--name", lab)
+
+
 # --- 1. etcd stopped, then started again ------------------------------------------------------
 def test_etcd_outage_keeps_pods_and_policies_and_adds_fail_fast(lab, tmp_path):
     outage = form(10.0, 30.0)
@@ -139,20 +158,7 @@ def test_etcd_outage_keeps_pods_and_policies_and_adds_fail_fast(lab, tmp_path):
     # agents and kube-sync resync without a restart: a policy change and a new pod go through
     assert {n: agent_pid(lab, n) for n in NODES} == pids, "an agent was restarted"
     assert kube_sync_pid(lab) == ks, "kube-sync was restarted"
-    allow = json.loads(json.dumps(POLICY))
-    allow["metadata"]["name"] = "r2n2-from-r1n2"
-    allow["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] = "r1n2"
-    kubectl_apply(lab, allow, tmp_path)
-    assert matrix(eps) == expected(eps, ("p-r1n2",))
-    lab_cli("lab", "kubectl", "--name", lab, "--", "delete", "networkpolicy", "-n", "default",
-            "r2n2-from-r1n2")
-    lab_cli("lab", "wait", "--name", lab, "--policy")
-    lab_cli("lab", "pod", "add", "default/after-etcd", "--node", "r2n1", "--name", lab, "--serve", "tcp:80")
-    plan = Lab(lab).plan
-    src = f"/var/run/netns/{plan.pod_netns('default', 'p-r1n1')}"
-    wait_for(lambda: probe_from(src, pod_ip(lab, "default/after-etcd"), 80, "tcp"),
-             "the new pod reachable from the other rack", timeout=30, interval=0.2)
-    lab_cli("lab", "pod", "del", "default/after-etcd", "--name", lab)
+    changes_go_through(lab, eps, tmp_path)
     report = ipam_check(lab)
     assert report["findings"] == [], report
 
