@@ -15,7 +15,7 @@ GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 KUBE := build/kube/kube-apiserver
 LAB ?= lab
 
-.PHONY: all deps build demo test unit bench lab-down clean
+.PHONY: all deps build demo test unit soak bench lab-down clean
 
 all: build
 
@@ -53,6 +53,11 @@ test: build
 
 unit: build
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+# The faults campaign's long form (tests/faults/, README "Reliability"): longer etcd outages,
+# more agent kills and restarts, more load waves, more fuzz examples; figures printed with -s
+soak: build
+	CALICO_LITE_SOAK=1 $(VENV)/bin/pytest -q -p no:cacheprovider -s tests/faults
 
 bench: build
 	$(PY) bench/cni.py

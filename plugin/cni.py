@@ -178,10 +178,7 @@ def cmd_check(req: Request, ctx: Context) -> dict | None:
     if req.cni_version == "0.3.1":
         raise CniError(INCOMPATIBLE_VERSION, "CHECK is not defined for cniVersion 0.3.1",
                        "CHECK needs cniVersion 0.4.0 or later")
-    prev = req.config.get("prevResult")
-    if not prev:
-        raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the network config")
-    ips = [i["address"].split("/")[0] for i in prev.get("ips", [])]
+    ips = prev_result_ips(req.config.get("prevResult"))
     held = ctx.backend.holds(handle_of(req))
     if held is None or held not in ips:
         raise CniError(CONTAINER_UNKNOWN, f"no address held for {handle_of(req)} "
@@ -205,6 +202,18 @@ def cmd_check(req: Request, ctx: Context) -> dict | None:
     if not view.gw_route or view.default_gw != "169.254.1.1":
         raise CniError(CONTAINER_UNKNOWN, f"routes via 169.254.1.1 are missing in {req.netns}")
     return None
+
+
+def prev_result_ips(prev: object) -> list[str]:
+    """The addresses of CHECK's prevResult; a code 7 naming what is wrong with its shape."""
+    if not prev:
+        raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the network config")
+    ips = prev.get("ips", []) if isinstance(prev, dict) else None
+    if not isinstance(ips, list) or not all(isinstance(i, dict) and isinstance(i.get("address"), str)
+                                            for i in ips):
+        raise CniError(INVALID_CONFIG, "prevResult is not an ADD result: it needs ips, a list of "
+                       "objects with an address string")
+    return [i["address"].split("/")[0] for i in ips]
 
 
 def cmd_status(req: Request, ctx: Context) -> dict | None:

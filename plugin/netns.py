@@ -24,9 +24,10 @@ class NetnsError(OSError):
 
 
 def open_netns(path: str) -> int:
-    """Open an existing namespace file; never creates one."""
+    """Open an existing namespace file; never creates one. O_NONBLOCK: a FIFO (or a device)
+    given as CNI_NETNS would otherwise block the call's thread until a writer came along."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise NetnsError(errno.ENOENT, f"network namespace {path} does not exist") from None
     except OSError as e:

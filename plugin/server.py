@@ -41,8 +41,9 @@ def serve_one(raw: bytes, handler: Handler, caller_pid: int = 0) -> tuple[int, s
         except (ValueError, KeyError, TypeError) as e:
             raise CniError(DECODE_FAILURE, f"malformed request from the shim: {e}") from None
         try:
-            version = json.loads(stdin).get("cniVersion") or LATEST
-        except (ValueError, AttributeError):
+            asked = json.loads(stdin).get("cniVersion")
+            version = asked if isinstance(asked, str) and asked else LATEST   # spec JSON: a string
+        except (ValueError, AttributeError, TypeError):
             pass
         fields.update(verb=env.get("CNI_COMMAND"), container=env.get("CNI_CONTAINERID"),
                       ifname=env.get("CNI_IFNAME"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from plugin.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
@@ -59,6 +60,34 @@ def parse_args(cni_args: str) -> dict[str, str]:
     return out
 
 
+# What libcni accepts (pkg/utils: ValidateContainerID, ValidateInterfaceName): checked before
+# anything is assigned, so a bad value is a code 4 naming the variable, not a netlink error
+# after an address was taken, and a handle (`ID/IFNAME`) always splits back in two
+CONTAINER_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+IFNAME_MAX = 15   # IFNAMSIZ less the NUL
+MTU_RANGE = (68, 65535)   # IPv4's minimum, the largest an interface takes
+
+
+def check_ids(env: dict[str, str]) -> None:
+    cid, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
+    if not CONTAINER_ID.fullmatch(cid):
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {cid[:80]!r} is not a container ID",
+                       "letters, digits, '_', '.' and '-', starting with a letter or digit")
+    if (len(ifname.encode()) > IFNAME_MAX or ifname in (".", "..")
+            or any(c in ifname for c in "/:") or any(c.isspace() for c in ifname)):
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {ifname[:80]!r} is not an interface name",
+                       f"at most {IFNAME_MAX} bytes, not '.' or '..', no '/', ':' or white space")
+
+
+def check_mtu(config: dict) -> None:
+    mtu = config.get("mtu", 0)
+    if not isinstance(mtu, int) or isinstance(mtu, bool):
+        raise CniError(INVALID_CONFIG, f"network config field mtu must be an integer, got {mtu!r}")
+    if mtu and not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        raise CniError(INVALID_CONFIG, f"network config field mtu {mtu} is out of range",
+                       f"0 (detect) or {MTU_RANGE[0]}..{MTU_RANGE[1]}")
+
+
 def parse_request(env: dict[str, str], stdin: str) -> Request:
     """Validate the environment and config the way the spec says, naming what is wrong."""
     command = env.get("CNI_COMMAND", "")
@@ -82,10 +111,10 @@ def parse_request(env: dict[str, str], stdin: str) -> Request:
         for var in ("CNI_CONTAINERID", "CNI_IFNAME"):
             if not env.get(var):
                 raise CniError(INVALID_ENV, f"{var} is not set")
+        check_ids(env)
         if command in ("ADD", "CHECK") and not env.get("CNI_NETNS"):
             raise CniError(INVALID_ENV, "CNI_NETNS is not set")
-    if "mtu" in config and not isinstance(config["mtu"], int):
-        raise CniError(INVALID_CONFIG, f"network config field mtu must be an integer, got {config['mtu']!r}")
+    check_mtu(config)
     return Request(command=command, container_id=env.get("CNI_CONTAINERID", ""),
                    netns=env.get("CNI_NETNS", ""), ifname=env.get("CNI_IFNAME", ""),
                    args=parse_args(env.get("CNI_ARGS", "")), path=env.get("CNI_PATH", ""),

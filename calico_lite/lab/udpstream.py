@@ -1,10 +1,12 @@
 """A stream of numbered UDP probes to a lab pod's echo server, counting what came back.
 
-Run inside a pod's namespace: `python -m calico_lite.lab.udpstream IP PORT INTERVAL STOPFILE`.
-It sends one probe every INTERVAL seconds until STOPFILE exists, waits a moment for late
-echoes, and prints one JSON line: sent, received, the lost sequence numbers and the longest
-run of consecutive losses (times INTERVAL: the longest outage). Used by the graceful-restart
-test and the convergence bench.
+Run inside a pod's namespace: `python -m calico_lite.lab.udpstream IP PORT INTERVAL STOPFILE
+[MAX_SECONDS]`. It sends one probe every INTERVAL seconds until STOPFILE exists (or for
+MAX_SECONDS, 120 by default), waits a moment for late echoes, and prints one JSON line: sent,
+received, the lost sequence numbers, the longest run of consecutive losses (times INTERVAL:
+the longest outage), the runs of losses as [first, last] sequence numbers and the wall-clock
+time of probe 0 (`t0`: probe n left at about t0 + n * INTERVAL). Used by the graceful-restart
+test, the faults campaign and the convergence bench.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def run(ip: str, port: int, interval: float, stopfile: str, max_seconds: float =
     got: set[int] = set()
     seq = 0
     start = time.monotonic()
+    t0 = time.time()
     next_at = start
 
     def drain() -> None:
@@ -49,16 +52,20 @@ def run(ip: str, port: int, interval: float, stopfile: str, max_seconds: float =
         drain()
         time.sleep(0.01)
     lost = sorted(set(range(seq)) - got)
-    longest, run_len, prev = 0, 0, None
+    runs: list[list[int]] = []
     for x in lost:
-        run_len = run_len + 1 if prev is not None and x == prev + 1 else 1
-        longest = max(longest, run_len)
-        prev = x
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    longest = max((b - a + 1 for a, b in runs), default=0)
     return {"sent": seq, "received": len(got & set(range(seq))), "lost": lost[:200],
             "lost_count": len(lost), "longest_outage_s": round(longest * interval, 3),
+            "lost_runs": runs[:100], "t0": round(t0, 3), "interval": interval,
             "duration_s": round(time.monotonic() - start, 2)}
 
 
 if __name__ == "__main__":
     ip, port, interval, stopfile = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-    print(json.dumps(run(ip, port, interval, stopfile)), flush=True)
+    longest = float(sys.argv[5]) if len(sys.argv) > 5 else 120.0   # MAX_SECONDS, optional
+    print(json.dumps(run(ip, port, interval, stopfile, longest)), flush=True)

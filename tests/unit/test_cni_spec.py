@@ -77,3 +77,46 @@ def test_edge_passes_results_through():
     assert code == 0 and json.loads(out)["ips"] == [] and fields["result"] == "ok"
     code, out, _ = serve_one(_frame({**ENV, "CNI_COMMAND": "DEL"}, CONF), lambda r: None)
     assert code == 0 and out == ""
+
+
+# Found by the CNI fuzz (tests/faults/test_cni_fuzz.py): each was an internal error (code 199)
+# or a netlink error after an address had been assigned; now a spec code before anything.
+@pytest.mark.parametrize("env,conf,code,text", [
+    (ENV, json.dumps({"cniVersion": "1.0.0", "mtu": 2**40}), 7, "out of range"),
+    (ENV, json.dumps({"cniVersion": "1.0.0", "mtu": -5}), 7, "out of range"),
+    (ENV, json.dumps({"cniVersion": "1.0.0", "mtu": True}), 7, "mtu"),
+    ({**ENV, "CNI_IFNAME": "x" * 16}, CONF, 4, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "a/b"}, CONF, 4, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "eth 0"}, CONF, 4, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": ".."}, CONF, 4, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "é" * 8}, CONF, 4, "CNI_IFNAME"),
+    ({**ENV, "CNI_CONTAINERID": "a/b"}, CONF, 4, "CNI_CONTAINERID"),
+    ({**ENV, "CNI_COMMAND": "DEL", "CNI_CONTAINERID": "-x"}, CONF, 4, "CNI_CONTAINERID"),
+])
+def test_out_of_spec_values_are_refused_up_front(env, conf, code, text):
+    with pytest.raises(CniError) as e:
+        parse_request(env, conf)
+    assert e.value.code == code and text in e.value.msg
+
+
+def test_valid_names_and_mtus_pass():
+    for ifname, mtu in (("eth0", 0), ("net1", 68), ("a" * 15, 65535), ("veth_1.2-x", 1400)):
+        r = parse_request({**ENV, "CNI_IFNAME": ifname},
+                          json.dumps({"cniVersion": "1.0.0", "mtu": mtu}))
+        assert (r.ifname, r.mtu) == (ifname, mtu)
+
+
+@pytest.mark.parametrize("prev", [[1], {"ips": "x"}, {"ips": [{}]}, {"ips": [{"address": 5}]}])
+def test_check_with_a_malformed_prev_result_is_code_7(prev):
+    from plugin.cni import prev_result_ips
+    with pytest.raises(CniError) as e:
+        prev_result_ips(prev)
+    assert e.value.code == 7 and "prevResult" in e.value.msg
+
+
+def test_an_error_answer_names_a_string_cni_version():
+    for asked in (5, ["1.0.0"], {"a": 1}):
+        code, out, _ = serve_one(json.dumps({"env": ENV, "stdin": json.dumps({"cniVersion": asked})}).encode(),
+                                 lambda req: None)
+        err = json.loads(out)
+        assert code == 1 and err["code"] == 1 and err["cniVersion"] == "1.1.0"
