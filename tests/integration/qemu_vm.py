@@ -118,14 +118,21 @@ class Share:
 
 
 def shares_for_python(work: Path) -> list[Share]:
-    """/usr, /etc, this Python's installation and the repo read-only; work read-write."""
-    paths = [Path("/usr"), Path("/etc"), Path(sys.base_prefix).resolve(), REPO]
+    """/usr, /etc, this Python's installation, its venv and the repo read-only; work
+    read-write.
+
+    Shared by their resolved paths: a worktree's `.venv` is a symlink to the main checkout's
+    venv, and the venv's `bin/python` a symlink into the Python installation, so the guest
+    needs the targets at the same paths for the symlinks and the scripts' shebangs to work.
+    """
+    paths = [Path("/usr"), Path("/etc"), Path(sys.base_prefix).resolve(),
+             Path(sys.prefix).resolve(), REPO]
     for top in ("bin", "sbin", "lib", "lib64"):  # a machine without merged /usr
         p = Path("/") / top
         if p.is_dir() and not p.is_symlink():
             paths.append(p)
     out: list[Share] = []
-    for p in paths:
+    for p in sorted(paths, key=lambda p: len(p.parts)):  # a folder inside another is no share
         if not any(p == s.host or s.host in p.parents for s in out):
             out.append(Share(p))
     return [*out, Share(work, writable=True)]
