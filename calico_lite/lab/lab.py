@@ -241,7 +241,8 @@ class Lab(LabWaits):
         node = self.plan.node(name)
         try:
             if component != "kubelet":
-                return agents.start(self.store, name, self.node_paths(name).root, self._respawn(name))
+                return agents.start(self.store, name, self.node_paths(name).root,
+                                    self._respawn(name))
         except agents.AgentError as e:
             raise LabError(str(e)) from None
         if not self.plan.kubernetes:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,10 +81,9 @@ def make_volumes(pod: dict, ctx: PodContext, docs: list[dict]) -> None:
             (folder / key).chmod(src.get("defaultMode", 0o600 if kind == "Secret" else 0o644))
 
 
-def install_agent(lab: Lab, node: str) -> None:
+def install_agent(lab: Lab, node: str, docs: list[dict]) -> None:
     """Volumes, install-cni run to completion, then the agent's argv and environment saved
-    in the node's folder (`agent.json`) for spawn_agent."""
-    docs = list(yaml.safe_load_all(lab.rendered_manifests().read_text()))
+    in the node's folder (`agent.json`) for spawn_agent. docs: the rendered deploy/."""
     pod = agent_pod(docs, node)
     address = lab.plan.node(node).address
     root = lab.node_paths(node).root
@@ -117,22 +117,29 @@ def up(lab: Lab, log, t0: float):
     """The rest of `lab up` once the fabric, etcd and routers run: every node's agent, then
     wait until each serves CNI and has its BGP sessions up. Returns the plan."""
     log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting the agents")
-    for node in lab.plan.nodes:
-        install_agent(lab, node.name)
-        spawn_agent(lab, node.name)
-    wait_agents(lab)
+    names = [n.name for n in lab.plan.nodes]
+    docs = list(yaml.safe_load_all(lab.rendered_manifests().read_text()))
+    with ThreadPoolExecutor(len(names)) as pool:   # install-cni, as a DaemonSet's do: at once
+        list(pool.map(lambda name: install_agent(lab, name, docs), names))
+    for name in names:   # then the agents together, so they find each other's nodes at start
+        spawn_agent(lab, name)
+    wait_agents(lab, log=log)
     log(f"lab {lab.name} up in {time.monotonic() - t0:.1f}s (no Kubernetes)")
     return lab.plan
 
 
-def wait_agents(lab: Lab, timeout: float = READY_TIMEOUT) -> None:
+def wait_agents(lab: Lab, timeout: float = READY_TIMEOUT, log=print) -> None:
     """Until every agent serves CNI with its BGP sessions up (waits.not_ready). Failing at
     once when an agent has exited, the wait itself can be long: under emulation (the qemu
     guest) Python starts and etcd answers tens of times slower, so an unanswered call to etcd
     is tried again rather than taken for a broken lab."""
-    deadline = time.monotonic() + timeout
+    start = told = time.monotonic()
+    deadline = start + timeout
     pending = [n.name for n in lab.plan.nodes]
     while pending:
+        if time.monotonic() - told > 30:
+            told = time.monotonic()
+            log(f"waiting {told - start:.0f}s for the agents of {', '.join(pending)}")
         dead = [name for name in pending if agent_pid(lab.store, name) is None]
         if dead:
             raise LabError(f"agent exited on {', '.join(dead)} (see {lab.store.dir}/nodes/"
@@ -201,8 +208,9 @@ def pod_del(lab: Lab, namespace: str, pod: str, node: str | None = None) -> None
     node, record = found[0]
     sb, paths = json.loads(record.read_text()), lab.node_paths(node)
     pl.kill_pids(list(lab.store.pop_pids(f"pod:{namespace}/{pod}:").values()))
-    runtime.delete(paths.bin_dir, runtime.load_conflist(paths.conf_dir), sb["container_id"],
-                   f"/var/run/netns/{sb['netns']}", runtime.k8s_args(namespace, pod, sb["container_id"]))
+    cid = sb["container_id"]
+    runtime.delete(paths.bin_dir, runtime.load_conflist(paths.conf_dir), cid,
+                   f"/var/run/netns/{sb['netns']}", runtime.k8s_args(namespace, pod, cid))
     if pl.netns_exists(sb["netns"]):
         pl.delete_netns(sb["netns"])
     lab.store.remove_netns(sb["netns"])
