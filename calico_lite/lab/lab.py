@@ -292,10 +292,10 @@ class Lab(LabWaits):
                 serve: list[str], ports: list[dict]) -> str:
         """A Pod bound to node whose containerPorts are the served and the named ports; its
         node component makes it (CNI ADD, echo servers) and reports it Ready."""
-        from calico_lite.lab.cluster import container_ports
         self.plan.node(node)
         if not self.plan.kubernetes:
             return nokube.pod_add(self, namespace, pod, node, serve)
+        from calico_lite.lab.cluster import container_ports   # the kubernetes client: ~1 s
         declared = container_ports(parse_serve(serve), ports)
         return self.api().pod_add(namespace, pod, node, labels, declared)
 
