@@ -47,11 +47,14 @@ def parse_ports(items: list[str]) -> list[dict]:
                  help="the default pool's encapsulation across subnets (mode CrossSubnet)"),
              arg("--insecure-etcd", action="store_true",
                  help="etcd on plain http without client certificates or auth (default: TLS)"),
+             arg("--no-kubernetes", action="store_true",
+                 help="no control plane: the agents run as plain processes with the DaemonSet's "
+                      "argv, pods are made by the plain CNI path (no policies, no kubectl)"),
              help="build and start a lab")
 def cmd_lab_up(args) -> int:
     lab = _lab(args)
     lab.up(args.racks, args.nodes_per_rack, args.bgp, log=lambda m: print(m, file=sys.stderr),
-           encap=args.encap, etcd_tls=not args.insecure_etcd)
+           encap=args.encap, etcd_tls=not args.insecure_etcd, kubernetes=not args.no_kubernetes)
     print(format_lab_status(lab.status()))
     return 0
 

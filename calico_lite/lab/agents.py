@@ -77,22 +77,26 @@ def stop(store: StateStore, node: str, node_root: Path, run_dir: Path, how: str 
         kill_pids([exabgp], grace=5.0)   # normally gone already with the agent
 
 
-def start(store: StateStore, node: str, node_root: Path) -> int:
-    """Lift the hold; the node component starts the agent again. Returns its PID."""
+def start(store: StateStore, node: str, node_root: Path, spawn=None) -> int:
+    """Lift the hold; the node component starts the agent again (or spawn(), in a lab
+    without one). Returns its PID."""
     old = agent_pid(store, node)
     hold = node_root / "hold" / AGENT
     if old and not hold.exists():
         raise AgentError(f"agent of {node} is running (pid {old})")
     hold.unlink(missing_ok=True)
-    return old if old else wait_new_agent(store, node, None)
+    if old:
+        return old
+    return spawn() if spawn else wait_new_agent(store, node, None)
 
 
-def restart(store: StateStore, node: str, timeout: float = 15.0) -> int:
-    """SIGTERM the agent; the node component starts it again and the new agent adopts the
-    running ExaBGP, so neither peers nor pods notice (graceful restart)."""
+def restart(store: StateStore, node: str, timeout: float = 15.0, spawn=None) -> int:
+    """SIGTERM the agent; the node component starts it again (or spawn(), in a lab without
+    one) and the new agent adopts the running ExaBGP, so neither peers nor pods notice
+    (graceful restart)."""
     old = agent_pid(store, node)
     if not old:
         raise AgentError(f"agent of {node} is not running")
     os.kill(old, SIGNALS["detach"])
     _wait_gone(old, f"agent of {node}", timeout)
-    return wait_new_agent(store, node, old)
+    return spawn() if spawn else wait_new_agent(store, node, old)

@@ -104,7 +104,7 @@ def start_etcd(plan: LabPlan, store: StateStore) -> None:
             "--max-txn-ops", "10000", "--log-level", "warn"]
     pid = pl.spawn(plan.cp_netns, argv, d / "etcd.log")
     store.add_pid("etcd", pid)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120   # seconds usually; minutes under emulation (qemu)
     while not etcd_healthy(plan):
         if time.monotonic() > deadline or not pl.pid_alive(pid):
             raise FabricError(f"etcd did not become healthy; see {d / 'etcd.log'}")

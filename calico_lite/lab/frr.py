@@ -114,7 +114,7 @@ class FrrRouter:
     netns: str
     rundir: Path
     config_text: str
-    start_timeout: float = 15.0
+    start_timeout: float = 60.0   # seconds on a busy machine, minutes under emulation (qemu)
 
     def __post_init__(self) -> None:
         self.rundir = Path(self.rundir)
@@ -178,7 +178,7 @@ class FrrRouter:
             (self.rundir / f"{d}.pid").unlink(missing_ok=True)
 
     # -- queries ---------------------------------------------------------------
-    def vtysh(self, cmd: str, timeout: float = 10.0) -> str:
+    def vtysh(self, cmd: str, timeout: float = 60.0) -> str:
         """Run one vtysh command against this router; FrrError with output on failure."""
         out = subprocess.run(
             ["ip", "netns", "exec", self.netns, "vtysh", "--vty_socket", str(self.rundir), "-c", cmd],

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,10 +20,10 @@ from calico_lite.etcd_tls import EtcdTls
 from calico_lite.health import readyz
 from calico_lite.lab import agents
 from calico_lite.lab import control_plane as cp
-from calico_lite.lab import fabric, manifests
+from calico_lite.lab import fabric, manifests, nokube
 from calico_lite.lab import plumbing as pl
+from calico_lite.lab.nodepaths import NodePaths
 from calico_lite.lab.plan import API_PORT, ETCD_IP, MESH_AS, LabPlan, PlanError, make_plan
-from calico_lite.lab.podspec import host_path
 from calico_lite.lab.probe import Endpoint, probe_all
 from calico_lite.lab.serve import parse as parse_serve
 from calico_lite.lab.state import LabError, StateStore
@@ -35,40 +34,6 @@ if TYPE_CHECKING:  # the kubernetes client costs ~1 s to import: only where it i
     from calico_lite.lab.cluster import LabApi
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class NodePaths:
-    """A lab node's folder: `host/` stands for its root filesystem (podspec.host_path), where
-    the DaemonSet's hostPath volumes are; `logs/` holds its containers' output."""
-    root: Path
-
-    def host(self, path: str) -> Path:
-        return host_path(self.root, path)
-
-    @property
-    def bin_dir(self) -> Path:
-        return self.host("/opt/cni/bin")
-
-    @property
-    def conf_dir(self) -> Path:
-        return self.host("/etc/cni/net.d")
-
-    @property
-    def run_dir(self) -> Path:
-        return self.host("/var/run/calico-lite")
-
-    @property
-    def socket(self) -> Path:
-        return self.run_dir / "cni.sock"
-
-    @property
-    def agent_log(self) -> Path:
-        return self.root / "logs" / "agent.log"
-
-    @property
-    def cni_log(self) -> Path:
-        return self.host("/var/log/calico-lite") / "cni.log"
 
 
 class Lab(LabWaits):
@@ -118,6 +83,8 @@ class Lab(LabWaits):
 
     def api(self) -> LabApi:
         """The lab's Kubernetes API as its admin, from inside its control-plane namespace."""
+        if not self.plan.kubernetes:
+            raise LabError(f"lab {self.name} runs without Kubernetes (lab up --no-kubernetes)")
         if self._api is None:
             from calico_lite.lab.cluster import LabApi  # the client costs ~1 s to import
             self._enter_cp()
@@ -137,8 +104,10 @@ class Lab(LabWaits):
 
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-           log=print, encap: str = "none", etcd_tls: bool = True) -> LabPlan:
-        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap, etcd_tls)
+           log=print, encap: str = "none", etcd_tls: bool = True,
+           kubernetes: bool = True) -> LabPlan:
+        """kubernetes=False: no control plane, agents and pods made by the lab (lab.nokube)."""
+        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap, etcd_tls, kubernetes)
         if self.store.exists():
             raise LabError(f"lab {self.name} already exists; `calico-lite lab down --name "
                            f"{self.name}` first")
@@ -147,7 +116,7 @@ class Lab(LabWaits):
             raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
         with self.store.edit() as st:
             st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp,
-                         "encap": encap, "etcd_tls": etcd_tls}
+                         "encap": encap, "etcd_tls": etcd_tls, "kubernetes": kubernetes}
         try:
             t0 = time.monotonic()
             for ns in plan.infra_netns():
@@ -157,10 +126,13 @@ class Lab(LabWaits):
             fabric.write_default_pool(plan)
             fabric.write_bgp_records(plan)
             fabric.start_routers(plan, self.store)
+            for node in plan.nodes:
+                self._provision(node)
+            if not kubernetes:
+                return nokube.up(self, log, t0)
             log(f"fabric and etcd up in {time.monotonic() - t0:.1f}s; starting Kubernetes")
             self._start_control_plane(plan)
             for node in plan.nodes:
-                self._provision(node)
                 self._start_node_component(node)
             log(f"control plane up in {time.monotonic() - t0:.1f}s; kubectl apply -f deploy/")
             self.install()
@@ -269,9 +241,12 @@ class Lab(LabWaits):
         node = self.plan.node(name)
         try:
             if component != "kubelet":
-                return agents.start(self.store, name, self.node_paths(name).root)
+                return agents.start(self.store, name, self.node_paths(name).root,
+                                    self._respawn(name))
         except agents.AgentError as e:
             raise LabError(str(e)) from None
+        if not self.plan.kubernetes:
+            raise LabError(f"lab {self.name} runs without Kubernetes: no node component")
         pid = self.store.load().pids.get(f"kubelet:{name}")
         if pid and pl.pid_alive(pid):
             raise LabError(f"kubelet of {name} is running (pid {pid})")
@@ -281,9 +256,13 @@ class Lab(LabWaits):
         """The agent restarted in place; the new one adopts ExaBGP (agents.restart)."""
         self.plan.node(name)
         try:
-            return agents.restart(self.store, name)
+            return agents.restart(self.store, name, spawn=self._respawn(name))
         except agents.AgentError as e:
             raise LabError(str(e)) from None
+
+    def _respawn(self, name: str):
+        """Without Kubernetes no node component restarts an agent: the lab does (nokube)."""
+        return None if self.plan.kubernetes else lambda: nokube.spawn_agent(self, name)
 
     # --- down ----------------------------------------------------------------------------
     def down(self) -> list[str]:
@@ -313,12 +292,16 @@ class Lab(LabWaits):
                 serve: list[str], ports: list[dict]) -> str:
         """A Pod bound to node whose containerPorts are the served and the named ports; its
         node component makes it (CNI ADD, echo servers) and reports it Ready."""
-        from calico_lite.lab.cluster import container_ports
         self.plan.node(node)
+        if not self.plan.kubernetes:
+            return nokube.pod_add(self, namespace, pod, node, serve)
+        from calico_lite.lab.cluster import container_ports   # the kubernetes client: ~1 s
         declared = container_ports(parse_serve(serve), ports)
         return self.api().pod_add(namespace, pod, node, labels, declared)
 
     def pod_del(self, namespace: str, pod: str) -> None:
+        if not self.plan.kubernetes:
+            return nokube.pod_del(self, namespace, pod)
         self.api().pod_del(namespace, pod)
 
     def pod_label(self, namespace: str, pod: str, changes: dict[str, str | None]) -> dict:

@@ -67,6 +67,7 @@ class LabPlan:
     tors: tuple[TorPlan, ...]
     encap: str = "none"
     etcd_tls: bool = True   # False: `lab up --insecure-etcd`, plain http and no auth
+    kubernetes: bool = True  # False: `lab up --no-kubernetes` (lab.nokube)
 
     @property
     def cp_netns(self) -> str:
@@ -112,7 +113,7 @@ def validate_name(name: str) -> None:
 
 
 def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-              encap: str = "none", etcd_tls: bool = True) -> LabPlan:
+              encap: str = "none", etcd_tls: bool = True, kubernetes: bool = True) -> LabPlan:
     validate_name(name)
     if not 1 <= racks <= 9:
         raise PlanError(f"--racks {racks}: the lab supports 1 to 9 racks")
@@ -133,4 +134,5 @@ def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: s
         asn = NODE_AS_BASE + i if bgp == "tor" else MESH_AS
         nodes.append(NodePlan(name=f"r{r}n{k}", rack=r, netns=f"{name}-r{r}n{k}", address=addr,
                               subnet=f"10.99.{r}.0/24", gateway=f"10.99.{r}.1", asn=asn))
-    return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap, etcd_tls)
+    return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap, etcd_tls,
+                   kubernetes)

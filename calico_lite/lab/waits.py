@@ -33,19 +33,28 @@ class LabWaits:
                                + f" (see {self.store.dir}/nodes/NODE/kubelet.log, {self.kube.root})")
             time.sleep(0.2)
 
+    def not_ready(self, names: list[str]) -> list[str]:
+        """Those of the named nodes whose agent does not yet serve its CNI socket with all
+        its BGP sessions Established."""
+        ds = self.datastore()
+        pending = []
+        for name in names:
+            status = (ds.get(keys.status(name)) or None)
+            peers = status.value.get("peers", []) if status else []
+            if not (self.node_paths(name).socket.exists() and peers
+                    and all(p["state"] == "Established" for p in peers)):
+                pending.append(name)
+        return pending
+
     def _wait_ready(self, plan: LabPlan) -> None:
         """Every agent serves its CNI socket and has all its BGP sessions Established."""
-        ds = self.datastore()
         timeout = ready_timeout(plan)
         deadline = time.monotonic() + timeout
         pending = [n.name for n in plan.nodes]
         while pending:
-            for name in list(pending):
-                status = (ds.get(keys.status(name)) or None)
-                peers = status.value.get("peers", []) if status else []
-                if (self.node_paths(name).socket.exists() and peers
-                        and all(p["state"] == "Established" for p in peers)):
-                    pending.remove(name)
+            pending = self.not_ready(pending)
+            if not pending:
+                break
             if time.monotonic() > deadline:
                 raise LabError(f"nodes not ready after {timeout:.0f}s: {', '.join(pending)} "
                                f"(see {self.store.dir}/nodes/NODE/logs/agent.log)")

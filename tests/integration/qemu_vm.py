@@ -118,21 +118,29 @@ class Share:
 
 
 def shares_for_python(work: Path) -> list[Share]:
-    """/usr, /etc, this Python's installation and the repo read-only; work read-write."""
-    paths = [Path("/usr"), Path("/etc"), Path(sys.base_prefix).resolve(), REPO]
+    """/usr, /etc, this Python's installation, its venv and the repo read-only; work
+    read-write.
+
+    Shared by their resolved paths: a worktree's `.venv` is a symlink to the main checkout's
+    venv, and the venv's `bin/python` a symlink into the Python installation, so the guest
+    needs the targets at the same paths for the symlinks and the scripts' shebangs to work.
+    """
+    paths = [Path("/usr"), Path("/etc"), Path(sys.base_prefix).resolve(),
+             Path(sys.prefix).resolve(), REPO]
     for top in ("bin", "sbin", "lib", "lib64"):  # a machine without merged /usr
         p = Path("/") / top
         if p.is_dir() and not p.is_symlink():
             paths.append(p)
     out: list[Share] = []
-    for p in paths:
+    for p in sorted(paths, key=lambda p: len(p.parts)):  # a folder inside another is no share
         if not any(p == s.host or s.host in p.parents for s in out):
             out.append(Share(p))
     return [*out, Share(work, writable=True)]
 
 
-def build_initramfs(kernel: Kernel, shares: list[Share], argv: list[str], dest: Path) -> None:
-    mods = module_order(kernel.modules, MODULES)
+def build_initramfs(kernel: Kernel, shares: list[Share], argv: list[str], dest: Path,
+                    modules: tuple[str, ...] = MODULES) -> None:
+    mods = module_order(kernel.modules, modules)
     mounts = "\n".join(
         f"$B mkdir -p {s.host}; $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,"
         f"cache=loose,{'rw' if s.writable else 'ro'} m{i} {s.host}" for i, s in enumerate(shares))
@@ -144,6 +152,7 @@ B=/bb/busybox
 $B mkdir -p /proc /sys /dev /run /tmp /var
 $B mount -t proc proc /proc; $B mount -t sysfs sys /sys; $B mount -t devtmpfs dev /dev
 $B mount -t tmpfs run /run; $B mount -t tmpfs tmp /tmp; $B ln -s /run /var/run
+$B mkdir -p /dev/shm; $B mount -t tmpfs shm /dev/shm
 for m in {' '.join(f'/mod/{m.name}' for m in mods)}; do $B insmod $m || echo "insmod $m failed"; done
 {mounts}
 {links}
@@ -164,17 +173,19 @@ $B poweroff -f
     dest.write_bytes(gzip.compress(_cpio(entries), compresslevel=1))
 
 
-def run_in_guest(argv: list[str], work: Path, timeout: float = 180) -> str:
-    """Boot, run argv (as root, in the guest's init namespace), power off; returns the console."""
+def run_in_guest(argv: list[str], work: Path, timeout: float = 180, memory_mb: int = 768,
+                 cpus: int = 1, modules: tuple[str, ...] = MODULES) -> str:
+    """Boot, run argv (as root, in the guest's init namespace), power off; returns the console.
+    modules: what the guest loads at boot, with their dependencies (MODULES at least)."""
     if not shutil.which("qemu-system-x86_64"):
         raise VmError("qemu-system-x86_64 is missing (make deps installs qemu-system-x86)")
     kernel = fetch_kernel()
     shares = shares_for_python(work)
     initrd = work / "initrd.gz"
-    build_initramfs(kernel, shares, argv, initrd)
-    cmd = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "768",
-           "-smp", "1", "-nographic", "-no-reboot", "-nic", "none", "-kernel", str(kernel.vmlinuz),
-           "-initrd", str(initrd),
+    build_initramfs(kernel, shares, argv, initrd, modules)
+    cmd = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
+           "-m", str(memory_mb), "-smp", str(cpus), "-nographic", "-no-reboot", "-nic", "none",
+           "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
            "-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init"]
     for i, s in enumerate(shares):
         cmd += ["-virtfs", f"local,path={s.host},mount_tag=m{i},security_model=none"
