@@ -90,16 +90,23 @@ def run_round(c: Contender, pods: list[str], parallel: int, tag: str) -> Round:
                  walls["ADD"], walls["DEL"], len(failures))
 
 
-def agent_ms(log_file: Path, tag: str) -> dict[str, list[float]]:
-    """Per-verb times the agent itself logged (its `ms` field) for containers named tag*."""
-    out: dict[str, list[float]] = {"ADD": [], "DEL": []}
+def cni_events(log_file: Path, tag: str):
+    """The ADD and DEL lines the agent logged for containers named tag*."""
     for line in log_file.read_text().splitlines():
         try:
             e = json.loads(line)
         except ValueError:
             continue
         if e.get("event") == "cni" and str(e.get("container", "")).startswith(tag) \
-                and e.get("verb") in out and "ms" in e:
+                and e.get("verb") in ("ADD", "DEL"):
+            yield e
+
+
+def agent_ms(log_file: Path, tag: str) -> dict[str, list[float]]:
+    """Per-verb times the agent itself logged (its `ms` field) for containers named tag*."""
+    out: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    for e in cni_events(log_file, tag):
+        if "ms" in e:
             out[e["verb"]].append(float(e["ms"]))
     return out
 
@@ -149,15 +156,9 @@ def mode_name(parallel: int) -> str:
 def agent_spans(log_file: Path, tag: str) -> dict[str, dict[str, list[float]]]:
     """verb -> step -> ms, the per-step spans the agent logged for containers named tag*."""
     out: dict[str, dict[str, list[float]]] = {"ADD": {}, "DEL": {}}
-    for line in log_file.read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("event") == "cni" and str(e.get("container", "")).startswith(tag) \
-                and e.get("verb") in out:
-            for step, ms in (e.get("spans") or {}).items():
-                out[e["verb"]].setdefault(step, []).append(float(ms))
+    for e in cni_events(log_file, tag):
+        for step, ms in (e.get("spans") or {}).items():
+            out[e["verb"]].setdefault(step, []).append(float(ms))
     return out
 
 

@@ -66,8 +66,8 @@ def _devices() -> list[str]:
 def leftovers(files: NodeFiles) -> list[str]:
     """Everything of calico-lite still on this node (in the current network namespace)."""
     out = [f"file {p}" for p in files.ours() if p.exists()]
-    if _exabgp_pid(files):
-        out.append(f"ExaBGP (pid {_exabgp_pid(files)})")
+    if pid := _exabgp_pid(files):
+        out.append(f"ExaBGP (pid {pid})")
     if _table_exists():
         out.append(f"nftables table {FAMILY} {TABLE}")
     out += [f"route {line.split()[0]} (proto {PROTO})" for line in _ip("route", "show", "proto", str(PROTO)).splitlines()

@@ -123,7 +123,7 @@ if __name__ == "__main__":
 import pytest  # noqa: E402
 
 from calico_lite.lab.frr import FrrRouter, render_frr_config  # noqa: E402
-from tests.nslib import remove_netns_with_prefix, sh, unique_prefix  # noqa: E402
+from tests.nslib import attach_to_segment, remove_netns_with_prefix, sh, unique_prefix  # noqa: E402
 
 
 def peer(address: str, asn: int, **kw) -> dict:
@@ -194,15 +194,7 @@ class Fabric:
         return f"{self.prefix}seg"
 
     def netns(self, name: str, address: str) -> str:
-        ns = f"{self.prefix}{name}"
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.seg, "link", "add", f"v-{name}", "type", "veth",
-           "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", self.seg, "link", "set", f"v-{name}", "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        return ns
+        return attach_to_segment(self.seg, self.prefix, name, address)
 
     def frr(self, name: str, address: str, config: str) -> FrrRouter:
         ns = self.netns(name, address)

@@ -24,6 +24,19 @@ def sh(*args: str, check: bool = True, netns: str | None = None, **kw) -> subpro
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
 
+def attach_to_segment(seg: str, prefix: str, name: str, address: str) -> str:
+    """A new namespace `prefix+name`, its eth0 (`address`/24) joined to the bridge br0 of the
+    segment namespace seg (a port `v-name`): a host on a shared L2 segment."""
+    ns = f"{prefix}{name}"
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "-n", seg, "link", "add", f"v-{name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+    sh("ip", "-n", seg, "link", "set", f"v-{name}", "master", "br0", "up")
+    sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    return ns
+
+
 def netns_pids(name: str) -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

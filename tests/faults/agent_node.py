@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.conftest import CLI, REPO
-from tests.nslib import remove_netns_with_prefix, sh, unique_prefix, wait_for
+from tests.nslib import attach_to_segment, remove_netns_with_prefix, sh, unique_prefix, wait_for
 
 ETCD = "http://127.0.0.1:2379"
 SUBNET = "10.99.1.0/24"
@@ -49,15 +49,7 @@ class AgentNode:
 
     def attach(self, name: str, address: str) -> str:
         """A namespace on the segment with `address`/24 on its eth0."""
-        ns = f"{self.prefix}{name}"
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.seg, "link", "add", f"v-{name}", "type", "veth",
-           "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", self.seg, "link", "set", f"v-{name}", "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        return ns
+        return attach_to_segment(self.seg, self.prefix, name, address)
 
     def spawn(self, key: str, netns: str, argv: list[str], log: Path, **kw) -> subprocess.Popen:
         p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=open(log, "a"),

@@ -57,6 +57,21 @@ def fault_lab(tag: str, *up_args: str) -> Iterator[str]:
         remove_netns_with_prefix(f"{name}-")
 
 
+@contextmanager
+def serving_fault_lab(tag: str, *up_args: str) -> Iterator[str]:
+    """fault_lab with a UDP echo pod on r1n1 and r2n1 (`default/p-NODE`), routed everywhere;
+    the sandboxes a test makes under `NAME-s-` are removed with it."""
+    with fault_lab(tag, *up_args) as name:
+        try:
+            for node in ("r1n1", "r2n1"):
+                lab_cli("lab", "pod", "add", f"default/p-{node}", "--node", node, "--name", name,
+                        "--serve", "udp:80")
+            lab_cli("lab", "wait", "--name", name)
+            yield name
+        finally:
+            remove_netns_with_prefix(f"{name}-s-")
+
+
 class Stream(UdpStream):
     """labutil.UdpStream for as long as a soak lasts (udpstream's MAX_SECONDS: 1 hour)."""
 

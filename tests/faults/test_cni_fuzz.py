@@ -18,11 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import lab_cli
 from tests.e2e.labutil import agent_pid, pod_ip
-from tests.faults.faultlab import (Stream, all_leftovers, cni_nodes, fault_lab, form, info,
+from tests.faults.faultlab import (Stream, all_leftovers, cni_nodes, serving_fault_lab, form, info,
                                    ipam_check, workloads)
-from tests.nslib import remove_netns_with_prefix, wait_for
+from tests.nslib import wait_for
 
 pytestmark = pytest.mark.slow
 SPEC_CODES = {1, 2, 3, 4, 5, 6, 7, 11, 50, 51}
@@ -36,15 +35,8 @@ json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
 
 @pytest.fixture(scope="module")
 def lab():
-    with fault_lab("z", "--racks", "2", "--nodes-per-rack", "1") as name:
-        try:
-            for node in ("r1n1", "r2n1"):
-                lab_cli("lab", "pod", "add", f"default/p-{node}", "--node", node, "--name", name,
-                        "--serve", "udp:80")
-            lab_cli("lab", "wait", "--name", name)
-            yield name
-        finally:
-            remove_netns_with_prefix(f"{name}-s-")
+    with serving_fault_lab("z", "--racks", "2", "--nodes-per-rack", "1") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

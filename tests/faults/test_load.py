@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import lab_cli
 from tests.e2e.labutil import agent_pid, pod_ip
 from tests.faults.faultlab import (Stream, agent_rss_kib, all_leftovers, cni_nodes, drop_sandbox,
-                                   duplicates, fault_lab, form, info, ipam_check, percentile,
+                                   duplicates, serving_fault_lab, form, info, ipam_check, percentile,
                                    workloads)
-from tests.nslib import remove_netns_with_prefix, wait_for
+from tests.nslib import wait_for
 
 pytestmark = pytest.mark.slow
 PARALLEL = 20
@@ -24,15 +23,8 @@ PARALLEL = 20
 
 @pytest.fixture(scope="module")
 def lab():
-    with fault_lab("l") as name:
-        try:
-            for node in ("r1n1", "r2n1"):
-                lab_cli("lab", "pod", "add", f"default/p-{node}", "--node", node, "--name", name,
-                        "--serve", "udp:80")
-            lab_cli("lab", "wait", "--name", name)
-            yield name
-        finally:
-            remove_netns_with_prefix(f"{name}-s-")
+    with serving_fault_lab("l") as name:
+        yield name
 
 
 def wave(nodes, pods: int) -> tuple[list[float], list[str], list]:
