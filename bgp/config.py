@@ -23,6 +23,10 @@ class PeerConfig:
     route_reflector_client: bool = False   # we reflect to it (only if we have a cluster_id)
     # import limit (bgp.imports; 0: its default); ours, not ExaBGP's: a change reloads nothing
     max_prefixes: int = field(default=0, compare=False)
+    # what we announce to it and take from it (bgp.export, bgp.filters): ours too, no reload
+    communities: tuple[str, ...] = field(default=(), compare=False)
+    large_communities: tuple[str, ...] = field(default=(), compare=False)
+    filters: tuple[str, ...] = field(default=(), compare=False)   # BGPFilter names, in order
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ another node owns, a flood of prefixes) never reaches the kernel:
   Y holds) is accepted only via that node's address; via a router (an address that is no
   node's) only when the owner is not on one of our subnets (then a router is its way here);
 - per peer, at most `max_prefixes` prefixes (in the order the peer sent them) are accepted;
-  the rest are rejected until the peer withdraws some.
+  the rest are rejected until the peer withdraws some;
+- then the peer's import filters (bgp.filters, Calico's BGPFilter importV4 rules) may reject
+  more of what is left (kind `filter:NAME`): they only narrow the rules above.
 
 The inputs are plain values (calico_lite builds them from etcd); the answer is the accepted
 paths plus one `Rejected` per refused path, with a short kind (a metric label) and a reason.
@@ -23,6 +25,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .filters import BgpFilter, decide
 from .model import LearnedPath
 
 __all__ = ["DEFAULT_MAX_PREFIXES", "ImportPool", "ImportPolicy", "Rejected", "filter_imports"]
@@ -49,6 +52,7 @@ class ImportPolicy:
     local_subnets: tuple[str, ...] = ()
     max_prefixes: frozenset[tuple[str, int]] = frozenset()     # (peer, limit); else default
     default_max_prefixes: int = DEFAULT_MAX_PREFIXES
+    filters: tuple[tuple[str, tuple[BgpFilter, ...]], ...] = ()   # (peer, its filters in order)
 
     def limit(self, peer: str) -> int:
         return dict(self.max_prefixes).get(peer) or self.default_max_prefixes
@@ -56,13 +60,15 @@ class ImportPolicy:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A learned path the import policy refused, and why (`kind` is one of KINDS)."""
+    """A path the import policy refused, and why (`kind` is one of KINDS or `filter:NAME`);
+    bgp.export reports what an export filter kept from a peer the same way."""
 
     peer: str
     prefix: str
     next_hop: str
     kind: str
     reason: str
+    direction: str = "import"
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,24 @@ def filter_imports(learned: Mapping[str, Iterable[LearnedPath]], policy: ImportP
                 rejected.append(Rejected(peer, prefix, path.next_hop, "max-prefixes",
                                          f"peer {peer} sent more than its limit of {limit} "
                                          "prefixes"))
-    return {p: frozenset(s) for p, s in accepted.items()}, tuple(rejected)
+    rejected += _import_filters(accepted, dict(policy.filters), mine)
+    return {p: frozenset(s) for p, s in accepted.items() if s}, tuple(rejected)
+
+
+def _import_filters(accepted: dict[str, set[LearnedPath]],
+                    chains: Mapping[str, tuple[BgpFilter, ...]], mine: set[str]) -> list[Rejected]:
+    """Drop (in place) the accepted paths their peer's import filters reject."""
+    out = []
+    for prefix in sorted(accepted, key=_sort_key):
+        if prefix in mine:
+            continue
+        for path in sorted(accepted[prefix], key=lambda p: (p.peer, p.next_hop)):
+            verdict = decide(prefix, chains.get(path.peer, ()), "import")
+            if not verdict.accepted:
+                accepted[prefix].discard(path)
+                out.append(Rejected(path.peer, prefix, path.next_hop, f"filter:{verdict.filter}",
+                                    f"import {verdict.reason}"))
+    return out
 
 
 def check_path(prefix: str, path: LearnedPath, ctx: _Context) -> tuple[str, str]:

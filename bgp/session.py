@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from .config import PeerConfig, SpeakerConfig
+from .export import Attributes, ExportPolicy, announcements, export_commands, route_command
+from .filters import decide
 from .messages import (EndOfRib, NeighborList, Notification, Other, PeerStateChange, Shutdown,
                        Update)
 from .model import LearnedPath, PeerState
@@ -86,6 +88,8 @@ class BgpState:
         self.deadline = 0.0             # RESTARTING: keep kernel routes until then
         self.closing = False            # our stop()/detach(): ExaBGP's shutdown is expected
         self.desired: set[str] = set()
+        self.export = ExportPolicy()    # communities and export filters (bgp.export)
+        self.told: dict[str, dict[str, Attributes]] = {}    # peer -> what ExaBGP was told
         self.learned_paths: dict[str, Paths] = {}           # peer -> prefix -> path
         self.reflected: dict[str, dict[str, Reflected]] = {}  # peer -> prefix -> sent
         self.stale: dict[str, StaleSession] = {}            # peer -> stale paths
@@ -106,8 +110,12 @@ class BgpState:
     def connected(self, adopted: bool) -> Changes:
         """The relay connected: ExaBGP may be new, so tell it everything, and ask for the
         neighbours (with an adopted ExaBGP, the start of reading its state back)."""
-        for p in sorted(self.desired):
-            self._send(f"announce route {p} next-hop self")
+        # an adopted ExaBGP may hold what an earlier agent announced: re-send all, and
+        # withdraw from each peer what its export filters now keep back
+        unknown = Attributes(communities=("0:0",), large_communities=("0:0:0",))
+        self.told = {a: dict.fromkeys(self.desired, unknown) for a in self._addresses()} \
+            if adopted else {}
+        self._export()
         self.reflected = {}
         self._reflect()
         if adopted and self.sync is not SyncState.RESTARTING:   # (a restart waits for EoRs)
@@ -128,15 +136,19 @@ class BgpState:
         self.deadline = 0.0
         return self._done(self._reset("speaker stopped"))
 
-    def announce(self, prefixes: Iterable[str]) -> tuple[Changes, set[str], set[str]]:
-        """Make our announced prefixes equal `prefixes`; also returns (added, removed)."""
+    def announce(self, prefixes: Iterable[str], export: ExportPolicy | None = None
+                 ) -> tuple[Changes, set[str], set[str]]:
+        """Make our announced prefixes equal `prefixes`, each peer getting what `export`
+        (None: the current policy) lets through, with its communities; also returns
+        (added, removed)."""
         desired = {str(ipaddress.IPv4Network(p)) for p in prefixes}
         added, removed = desired - self.desired, self.desired - desired
         self.desired = desired
-        for p in sorted(removed):
-            self._send(f"withdraw route {p} next-hop self")
-        for p in sorted(added):
-            self._send(f"announce route {p} next-hop self")
+        if export is not None:
+            self.export = export
+        self._export()
+        if export is not None:
+            self._reflect()   # export filters apply to what we reflect too
         changed = bool(added or removed) and any(
             s.state == "Established" for s in self.sessions.values())
         return self._done(changed), added, removed
@@ -151,6 +163,7 @@ class BgpState:
         wanted = {p.address for p in cfg.peers}
         for addr in [a for a in self.sessions if a not in wanted]:
             del self.sessions[addr]
+            self.told.pop(addr, None)
             self.learned_paths.pop(addr, None)
             self.reflected.pop(addr, None)
         before = {p.address: p for p in old.peers}
@@ -182,8 +195,8 @@ class BgpState:
 
     def withdraw_all(self) -> list[str]:
         """Commands withdrawing everything we announce (before a clean stop)."""
-        for prefix in sorted(self.desired):
-            self._send(f"withdraw route {prefix} next-hop self")
+        self._out += export_commands(self.told, {}, self._addresses())
+        self.told = {}
         for peer, routes in self.reflected.items():
             for prefix, r in sorted(routes.items()):
                 self._send(withdraw_command(peer, prefix, r))
@@ -271,8 +284,10 @@ class BgpState:
             self.sessions[ev.peer] = replace(s, state=state, since=self.wall_clock(),
                                              reason=ev.reason if state == "Idle" else s.reason)
         if state == "Established":
-            for p in sorted(self.desired):
-                self._send(f"neighbor {ev.peer} announce route {p} next-hop self")
+            routes = self._plan().get(ev.peer, {})
+            for p, attrs in routes.items():
+                self._send(f"neighbor {ev.peer} {route_command('announce', p, attrs)}")
+            self.told[ev.peer] = routes
             self.reflected.pop(ev.peer, None)
             self._reflect()
             changed |= self._check_resynced()
@@ -347,12 +362,24 @@ class BgpState:
         for p in self.cfg.peers:
             s = self.sessions[p.address]
             established = s.state == "Established"
-            sent = len(self.desired) + len(self.reflected.get(p.address, {}))
+            sent = len(self.told.get(p.address, {})) + len(self.reflected.get(p.address, {}))
             out.append(replace(s, received=len(self.learned_paths.get(p.address, {})),
                                sent=sent if established else 0, description=p.description))
         return out
 
     # -- internals --------------------------------------------------------------
+    def _addresses(self) -> list[str]:
+        return [p.address for p in self.cfg.peers]
+
+    def _plan(self) -> dict[str, dict[str, Attributes]]:
+        return announcements(self.desired, self._addresses(), self.export)[0]
+
+    def _export(self) -> None:
+        """Tell ExaBGP what changed in what each peer should get (bgp.export)."""
+        plan = self._plan()
+        self._out += export_commands(self.told, plan, self._addresses())
+        self.told = plan
+
     def _send(self, command: str) -> None:
         self._out.append(command)
 
@@ -391,6 +418,9 @@ class BgpState:
             [ReflectPeer(p.address, p.peer_as, p.route_reflector_client) for p in self.cfg.peers],
             local_as=self.cfg.local_as, router_id=self.cfg.router_id,
             cluster_id=self.cfg.cluster_id, own=self.desired, targets=established)
+        plan = {t: {p: r for p, r in routes.items()
+                    if decide(p, self.export.peer(t).filters, "export").accepted}
+                for t, routes in plan.items()}
         commands, self.reflected = reflection_commands(self.reflected, plan)
         self._out += commands
 

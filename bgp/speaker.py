@@ -38,6 +38,7 @@ from pathlib import Path
 from .config import PeerConfig, SpeakerConfig
 from .connection import UNIX_PATH_MAX, RelayConnection
 from .exabgp import ExaBGP, is_relay, kill_wait
+from .export import ExportPolicy
 from .model import LearnedPath, PeerState
 from .session import BgpState, Changes
 
@@ -150,10 +151,11 @@ class Speaker:
         return "restarted" if restart else "reloaded"
 
     # -- the API the agent uses ----------------------------------------------------
-    def announce(self, prefixes: Iterable[str]) -> None:
-        """Make the set of our own announced prefixes equal `prefixes` (diffed, idempotent)."""
+    def announce(self, prefixes: Iterable[str], export: ExportPolicy | None = None) -> None:
+        """Make the set of our own announced prefixes equal `prefixes` (diffed, idempotent),
+        per peer as `export` (communities, export filters; None: as before) says."""
         with self._lock:
-            changes, added, removed = self._state.announce(prefixes)
+            changes, added, removed = self._state.announce(prefixes, export)
             self._relay.send(changes.commands)
         if added or removed:
             log.info("bgp announce added=%s withdrawn=%s", sorted(added), sorted(removed))

@@ -7,6 +7,7 @@ Three kinds of records, as in Calico (BGPConfiguration, BGPPeer, Node.spec.bgp):
                                        a peerSelector picks, for the nodes a nodeSelector picks
     /calico-lite/bgp/nodes/NAME        per node: AS number, router id, labels, RR cluster id
     /calico-lite/bgp/secrets/NAME      a password for TCP MD5 (`{"password": ...}`)
+    /calico-lite/bgp/filters/NAME      import/export rules a peer names (calico_lite.bgpexport)
 
 `node_speaker_config` turns those (plus what each agent registered about its node: address,
 labels) into the node's SpeakerConfig. It is the only place the topology rules live: mesh,
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bgp.config import PeerConfig, SpeakerConfig
+from bgp.export import parse_community, parse_large_community
 from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
 from calico_lite.peer_selector import SelectorError, parse_selector
@@ -82,6 +84,10 @@ class BgpPeer:
     password_secret: str = ""
     hold_time: int = 0             # 0: the global hold time
     max_prefixes: int = 0          # 0: the global limit
+    # on everything announced to this peer; its BGPFilters, in order (calico_lite.bgpexport)
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if bool(self.peer_ip) == bool(self.peer_selector):
@@ -96,6 +102,12 @@ class BgpPeer:
             raise ValueError(f"BGP peer {self.name}: hold time must be 3..65535 s")
         if self.max_prefixes < 0:
             raise ValueError(f"BGP peer {self.name}: max prefixes must be 0 (global) or more")
+        try:
+            object.__setattr__(self, "communities", tuple(map(parse_community, self.communities)))
+            object.__setattr__(self, "large_communities",
+                               tuple(map(parse_large_community, self.large_communities)))
+        except ValueError as e:
+            raise ValueError(f"BGP peer {self.name}: {e}") from None
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BgpPeer":
@@ -103,13 +115,18 @@ class BgpPeer:
                    node_selector=d.get("nodeSelector", "all()"),
                    peer_selector=d.get("peerSelector", ""), node=d.get("node", ""),
                    password_secret=d.get("passwordSecret", ""), hold_time=int(d.get("holdTime", 0)),
-                   max_prefixes=int(d.get("maxPrefixes", 0)))
+                   max_prefixes=int(d.get("maxPrefixes", 0)),
+                   communities=tuple(d.get("communities") or ()),
+                   large_communities=tuple(d.get("largeCommunities") or ()),
+                   filters=tuple(d.get("filters") or ()))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "peerIP": self.peer_ip, "asNumber": self.as_number,
                 "nodeSelector": self.node_selector, "peerSelector": self.peer_selector,
                 "node": self.node, "passwordSecret": self.password_secret,
-                "holdTime": self.hold_time, "maxPrefixes": self.max_prefixes}
+                "holdTime": self.hold_time, "maxPrefixes": self.max_prefixes,
+                "communities": list(self.communities),
+                "largeCommunities": list(self.large_communities), "filters": list(self.filters)}
 
 
 @dataclass(frozen=True)
@@ -213,7 +230,7 @@ class _PeerChoice:
                 if o.name != self.node and o.address and pick(o)]
 
     def add(self, address: str, asn: int, hold: int, password: str | None,
-            description: str, max_prefixes: int = 0) -> None:
+            description: str, max_prefixes: int = 0, record: BgpPeer | None = None) -> None:
         if address == self.local_address or not address:
             return
         other = next((n for n in self.nodes.values() if n.address == address), None)
@@ -223,7 +240,8 @@ class _PeerChoice:
                                            hold_time=hold or self.g.hold_time,
                                            md5_password=password, description=description,
                                            route_reflector_client=client,
-                                           max_prefixes=max_prefixes or self.g.max_prefixes)
+                                           max_prefixes=max_prefixes or self.g.max_prefixes,
+                                           **_export_fields(record))
 
     def add_peer(self, p: BgpPeer, secrets: Mapping[str, str]) -> None:
         """One BGPPeer record: peer back if its peer selector picks this node, then peer
@@ -243,7 +261,7 @@ class _PeerChoice:
                 for other in self.others(picks):
                     if other.address not in self.by_addr:   # an address chosen already stays
                         self.add(other.address, self.node_as(other), p.hold_time, password,
-                                 f"peer {p.name} ({other.name})", p.max_prefixes)
+                                 f"peer {p.name} ({other.name})", p.max_prefixes, p)
         if not selected:
             return
         password = None
@@ -255,12 +273,20 @@ class _PeerChoice:
                 return
         if p.peer_ip:
             self.add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}",
-                     p.max_prefixes)
+                     p.max_prefixes, p)
             return
         sel = parse_selector(p.peer_selector)
         for other in self.others(lambda o: sel.matches(o.labels)):
             self.add(other.address, self.node_as(other), p.hold_time, password,
-                     f"peer {p.name} ({other.name})", p.max_prefixes)
+                     f"peer {p.name} ({other.name})", p.max_prefixes, p)
+
+
+def _export_fields(p: BgpPeer | None) -> dict:
+    """A peer record's communities and filter names, as PeerConfig carries them."""
+    if p is None:
+        return {}
+    return {"communities": p.communities, "large_communities": p.large_communities,
+            "filters": p.filters}
 
 
 def secrets_from(items: Mapping[str, Mapping]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from bgp.encap import ENCAPSULATIONS, MODES as ENCAP_MODES  # one table of encapsulations
+from bgp.export import parse_community, parse_large_community
 
 
 class IpamError(Exception):
@@ -24,6 +25,9 @@ class Pool:
     encap_mode: str = "Never"
     nat_outgoing: bool = False
     disabled: bool = False
+    # BGP communities on the pool's blocks and borrowed /32s (bgp.export)
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -39,6 +43,12 @@ class Pool:
         if self.encap_mode not in ENCAP_MODES:
             raise IpamError(f"pool {self.name}: encapsulation mode {self.encap_mode!r} "
                             f"is not one of {', '.join(ENCAP_MODES)}")
+        try:
+            object.__setattr__(self, "communities", tuple(map(parse_community, self.communities)))
+            object.__setattr__(self, "large_communities",
+                               tuple(map(parse_large_community, self.large_communities)))
+        except ValueError as e:
+            raise IpamError(f"pool {self.name}: {e}") from None
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -52,7 +62,10 @@ class Pool:
     def to_dict(self) -> dict:
         return {"name": self.name, "cidr": self.cidr, "blockSize": self.block_size,
                 "encapsulation": self.encapsulation, "encapMode": self.encap_mode,
-                "natOutgoing": self.nat_outgoing, "disabled": self.disabled}
+                "natOutgoing": self.nat_outgoing, "disabled": self.disabled,
+                **({"communities": list(self.communities)} if self.communities else {}),
+                **({"largeCommunities": list(self.large_communities)}
+                   if self.large_communities else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Pool":
@@ -60,7 +73,9 @@ class Pool:
                    encapsulation=d.get("encapsulation", "none"),
                    encap_mode=d.get("encapMode", "Never"),
                    nat_outgoing=bool(d.get("natOutgoing", False)),
-                   disabled=bool(d.get("disabled", False)))
+                   disabled=bool(d.get("disabled", False)),
+                   communities=tuple(d.get("communities") or ()),
+                   large_communities=tuple(d.get("largeCommunities") or ()))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Callable
 
 from bgp.config import PeerConfig
+from bgp.filters import BgpFilter
 from bgp.imports import DEFAULT_MAX_PREFIXES, ImportPolicy, ImportPool, Rejected
 from calico_lite import keys
 from calico_lite.blocks import IpamError, Pool
@@ -24,7 +25,8 @@ SHOWN = 100   # rows of `filtered` in a status record; the total is always there
 def import_policy(pools: Mapping[str, Mapping], affinities: Mapping[str, Mapping],
                   handles: Mapping[str, Mapping], nodes: Mapping[str, Mapping], *,
                   subnet: str, peers: Iterable[PeerConfig],
-                  default_max: int = DEFAULT_MAX_PREFIXES) -> ImportPolicy:
+                  default_max: int = DEFAULT_MAX_PREFIXES,
+                  filters: Mapping[str, tuple[BgpFilter, ...]] | None = None) -> ImportPolicy:
     """The ImportPolicy for one node from datastore records (pure). A record that does not
     parse is left out: it can only make the policy stricter, never let a prefix in."""
     address = {r.get("name") or k.rsplit("/", 1)[-1]: r.get("address", "")
@@ -36,7 +38,8 @@ def import_policy(pools: Mapping[str, Mapping], affinities: Mapping[str, Mapping
         node_addresses=frozenset(a for a in address.values() if a),
         local_subnets=(subnet,),
         max_prefixes=frozenset((p.address, p.max_prefixes) for p in peers if p.max_prefixes),
-        default_max_prefixes=default_max)
+        default_max_prefixes=default_max,
+        filters=tuple(sorted((filters or {}).items())))
 
 
 def _pools(records: Mapping[str, Mapping]) -> Iterable[ImportPool]:
@@ -77,7 +80,7 @@ class FilterReport:
         for r in new:
             log.warning(json.dumps({"event": "bgp-prefix-filtered", "peer": r.peer,
                                     "prefix": r.prefix, "via": r.next_hop, "kind": r.kind,
-                                    "reason": r.reason}))
+                                    "reason": r.reason, "direction": r.direction}))
             self.count(r)
         over = sorted({r.peer for r in new if r.kind == "max-prefixes"})
         for peer in over:
@@ -90,8 +93,10 @@ class FilterReport:
 
 def filtered_status(rejected: Iterable[Rejected]) -> dict:
     """The `filtered` part of a node's status record: rows (at most SHOWN), the total, and
-    a note per peer over its max-prefix limit."""
+    a note per peer over its max-prefix limit; what export filters kept from peers apart."""
     rows = sorted(rejected, key=lambda r: (r.peer, r.prefix, r.next_hop))
+    exported = [r for r in rows if r.direction == "export"]
+    rows = [r for r in rows if r.direction != "export"]
     over: dict[str, int] = {}
     for r in rows:
         if r.kind == "max-prefixes":
@@ -100,4 +105,7 @@ def filtered_status(rejected: Iterable[Rejected]) -> dict:
                           "kind": r.kind, "reason": r.reason} for r in rows[:SHOWN]],
             "filteredTotal": len(rows),
             "filterNotes": [f"peer {p} is over its max-prefix limit: {n} prefixes ignored"
-                            for p, n in sorted(over.items())]}
+                            for p, n in sorted(over.items())],
+            "exportFiltered": [{"peer": r.peer, "prefix": r.prefix, "kind": r.kind,
+                                "reason": r.reason} for r in exported[:SHOWN]],
+            "exportFilteredTotal": len(exported)}

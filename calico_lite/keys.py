@@ -125,3 +125,10 @@ def bgp_node(name: str) -> str:
 
 def bgp_secret(name: str) -> str:
     return BGP_SECRETS + name
+
+
+BGP_FILTERS = ROOT + "bgp/filters/"   # Calico's BGPFilter (bgp.filters), named by BGP peers
+
+
+def bgp_filter(name: str) -> str:
+    return BGP_FILTERS + name

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from bgp.export import ExportPolicy, announcements
 from bgp.imports import DEFAULT_MAX_PREFIXES, ImportPolicy, Rejected, filter_imports
 from bgp.model import Failure, LearnedPath, Route
 from bgp.routes import RouteApplier, Skipped, desired_routes
@@ -23,6 +24,7 @@ from bgp.speaker import PeerConfig, Speaker, SpeakerConfig
 from calico_lite import keys
 from calico_lite.bgpconfig import (BgpGlobal, merge_nodes, node_speaker_config, peers_from,
                                    secrets_from)
+from calico_lite.bgpexport import export_policy, export_status, filters_from, peer_filters
 from calico_lite.cache import Cache
 from calico_lite.services import Advertised, ServiceRanges, service_prefixes, without_service_paths
 from calico_lite.imports import FilterReport, filtered_status, import_policy
@@ -72,12 +74,13 @@ class RoutingInputs:
     synced: bool   # False while an adopted ExaBGP still replays what it learned
     imports: ImportPolicy | None = None   # the sessions' import policy (None: accept all)
     order: tuple[tuple[str, tuple[str, ...]], ...] = ()   # per peer, prefixes as sent
+    exported: tuple[Rejected, ...] = ()   # what export filters keep from peers (bgp.export)
 
 
 @dataclass(frozen=True)
 class RoutingPlan:
     """The kernel routes a sync wants, the learned paths it leaves out (with why), and
-    those the import policy refused."""
+    those the import policy refused (or export filters kept from a peer)."""
 
     routes: tuple[Route, ...] = ()
     skipped: tuple[Skipped, ...] = ()
@@ -96,7 +99,7 @@ def plan_routes(inputs: RoutingInputs, tunnels: TunnelState, *, subnet: str, add
                           local_subnets=[subnet], local_addresses=[address], local_as=local_as,
                           pools=tunnels.pools, remotes=tunnels.remotes,
                           supported_encaps=tunnels.supported)
-    return RoutingPlan(tuple(plan.routes), tuple(plan.skipped), filtered)
+    return RoutingPlan(tuple(plan.routes), tuple(plan.skipped), filtered + inputs.exported)
 
 
 def program_kernel(inputs: RoutingInputs, tunnels: TunnelSync, applier: RouteApplier, *,
@@ -132,6 +135,8 @@ def route_status(own: frozenset[str] | set[str], plan: RoutingPlan, tunnels: Tun
             "skipped": [{"prefix": s.prefix, "via": s.next_hop, "reason": s.reason}
                         for s in skipped],
             "filtered": filtered["filtered"], "filteredTotal": filtered["filteredTotal"],
+            "exportFiltered": filtered["exportFiltered"],
+            "exportFilteredTotal": filtered["exportFilteredTotal"],
             "failures": [{"what": f.what, "reason": f.reason}
                          for f in tunnels.failures + failures],
             "notes": tunnels.notes + filtered["filterNotes"]
@@ -181,6 +186,7 @@ class RoutingController:
         self.on_apply: Callable[[list[Failure]], None] = lambda failures: None   # metrics
         self.filter_report = FilterReport()   # the agent hands it the metrics' counter
         self._max_prefixes = (tuple(self.speaker.cfg.peers), DEFAULT_MAX_PREFIXES)
+        self._exports: dict = {}   # communities and filters per peer, for node status
 
     def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
         """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
@@ -214,6 +220,15 @@ class RoutingController:
             log.info("bgp configuration changed: %s, peers %s", how,
                      [f"{p.address}/{p.peer_as}" for p in cfg.peers])
 
+    def export_inputs(self) -> tuple[ExportPolicy, dict]:
+        """The export policy (communities, export filters) and each peer's filters, from
+        the records; the fresh peers (communities and filters do not reload ExaBGP)."""
+        peers = self._max_prefixes[0]
+        filters, problems = filters_from(self.cache.items(keys.BGP_FILTERS))
+        chains, more = peer_filters(peers, filters)
+        self.bgp_problems += problems + more
+        return export_policy(peers, self.cache.items(keys.POOLS), chains), chains
+
     def own(self) -> set[str]:
         return own_prefixes(self.cache.items(keys.AFFINITIES), self.cache.items(keys.HANDLES),
                             self.node)
@@ -224,7 +239,7 @@ class RoutingController:
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
                 **route_status(own, plan, self._tunnel_state,
                                self.setup_failures + self._route_failures),
-                "services": [asdict(a) for a in self.services]}
+                "services": [asdict(a) for a in self.services], **self._exports}
 
     def advertise_services(self) -> None:
         """The Service prefixes this node announces (calico_lite.services), from the global
@@ -239,7 +254,8 @@ class RoutingController:
             self.service_ranges, self.cache.items(keys.K8S_SERVICES).values(),
             self.cache.items(keys.K8S_ENDPOINTSLICES).values(), self.node)
 
-    def read_inputs(self, own: frozenset[str]) -> RoutingInputs:
+    def read_inputs(self, own: frozenset[str], chains: dict | None = None,
+                    exported: tuple[Rejected, ...] = ()) -> RoutingInputs:
         pools = [p["cidr"] for p in self.cache.items(keys.POOLS).values() if p.get("cidr")]
         learned = without_service_paths(self.speaker.learned(), self.service_ranges, pools)
         peers, default_max = self._max_prefixes
@@ -251,8 +267,8 @@ class RoutingController:
             synced=self.speaker.synced(),
             imports=import_policy(items(keys.POOLS), items(keys.AFFINITIES), items(keys.HANDLES),
                                   items(keys.NODES), subnet=self.settings.subnet, peers=peers,
-                                  default_max=default_max),
-            order=tuple(sorted(self.speaker.arrival().items())))
+                                  default_max=default_max, filters=chains),
+            order=tuple(sorted(self.speaker.arrival().items())), exported=exported)
 
     def sync_once(self) -> None:
         """Read, plan, apply. The kernel is written only when an input changed, or at the
@@ -260,9 +276,14 @@ class RoutingController:
         (Felix's calc/dataplane split)."""
         self.apply_bgp_config()
         self.advertise_services()
+        export, chains = self.export_inputs()
         own = frozenset(self.own())
-        self.speaker.announce(set(own) | {a.prefix for a in self.services})
-        inputs = self.read_inputs(own)
+        prefixes = set(own) | {a.prefix for a in self.services}
+        self.speaker.announce(prefixes, export)
+        announced, exported = announcements(prefixes, [p.address for p in self.speaker.cfg.peers],
+                                            export)
+        self._exports = export_status(export, announced)
+        inputs = self.read_inputs(own, chains, exported)
         if inputs == self._last_inputs and time.monotonic() - self._last_apply < RESYNC_SECONDS:
             self.publish_status(inputs.own, self._last_plan)  # peer states may still have moved
             return

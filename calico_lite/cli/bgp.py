@@ -1,4 +1,4 @@
-"""`calico-lite bgp config|peer|secret`: BGP configuration in the datastore.
+"""`calico-lite bgp config|peer|secret|filter`: BGP configuration in the datastore.
 
 Every agent watches these records and reconfigures its speaker by itself; nothing here talks
 to an agent.
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import sys
 
+from bgp.filters import BgpFilter, FilterRule
 from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
 from calico_lite.bgpconfig import SERVICE_FIELDS, BgpGlobal, BgpPeer
-from calico_lite.cli.common import Group, arg, datastore
+from calico_lite.cli.common import Group, arg, comma_list, datastore
 from calico_lite.cli.table import row
 from calico_lite.services import parse_cidrs
 
@@ -21,6 +23,7 @@ BGP = COMMANDS.group("bgp", "BGP configuration: global, peers, secrets", datasto
 CONFIG = BGP.group("config", "global BGP settings", dest="csub")
 PEER = BGP.group("peer", "BGP peers", dest="psub")
 SECRET = BGP.group("secret", "BGP passwords (TCP MD5)", dest="ssub")
+FILTER = BGP.group("filter", "import/export rules for peers (Calico's BGPFilter)", dest="fsub")
 
 
 def _on_off(value: str) -> bool:
@@ -98,6 +101,16 @@ def cmd_config_get(args) -> int:
 
 
 # --- bgp peer --------------------------------------------------------------------------
+EXPORT_ARGS = (
+    arg("--community", action="append", metavar="A:B",
+        help="BGP community on everything announced to this peer: repeatable or a comma "
+             "list ('' clears)"),
+    arg("--large-community", action="append", metavar="A:B:C",
+        help="BGP large community, as --community"),
+    arg("--filter", action="append", metavar="NAME[,NAME]",
+        help="BGP filters (`bgp filter add`) for this peer, in order ('' clears)"))
+
+
 @PEER.command("add", arg("name"), arg("--peer-ip"), arg("--as", dest="asn", type=int),
               arg("--peer-selector", help="peer with the nodes this selects (e.g. route reflectors)"),
               arg("--node-selector", default="all()", help="which nodes have this peer"),
@@ -106,13 +119,16 @@ def cmd_config_get(args) -> int:
               arg("--hold-time", type=int),
               arg("--max-prefixes", type=int, metavar="N",
                   help="prefixes accepted from this peer (default: the global setting)"),
+              *EXPORT_ARGS,
               arg("--replace", action="store_true", help="overwrite a peer of that name"))
 def cmd_peer_add(args) -> int:
     peer = BgpPeer(name=args.name, peer_ip=args.peer_ip or "", as_number=args.asn or 0,
                    node_selector=args.node_selector, peer_selector=args.peer_selector or "",
                    node=args.node or "", password_secret=args.password_secret or "",
-                   hold_time=args.hold_time or 0, max_prefixes=args.max_prefixes or 0)
+                   hold_time=args.hold_time or 0, max_prefixes=args.max_prefixes or 0,
+                   **_export_options(args, None))
     ds = datastore(args)
+    _check_filters(ds, peer)
     if peer.password_secret and ds.get(keys.bgp_secret(peer.password_secret)) is None:
         print(f"warning: secret {peer.password_secret} does not exist yet "
               f"(calico-lite bgp secret set {peer.password_secret} --password ...)", file=sys.stderr)
@@ -124,13 +140,49 @@ def cmd_peer_add(args) -> int:
     return 0
 
 
+def _export_options(args, cur: BgpPeer | None) -> dict:
+    """--community, --large-community, --filter as BgpPeer fields (cur's where not given)."""
+    out = {}
+    for field_name, opt in (("communities", "community"), ("large_communities", "large_community"),
+                            ("filters", "filter")):
+        values = comma_list(getattr(args, opt))
+        out[field_name] = (tuple(values) if values is not None
+                           else getattr(cur, field_name) if cur else ())
+    return out
+
+
+def _check_filters(ds, peer: BgpPeer) -> None:
+    missing = [f for f in peer.filters if ds.get(keys.bgp_filter(f)) is None]
+    if missing:
+        raise LookupError(f"BGP filter {', '.join(missing)} does not exist "
+                          "(calico-lite bgp filter add NAME ...)")
+
+
+@PEER.command("set", arg("peer", help="the peer's name or its peer IP"), *EXPORT_ARGS,
+              help="change a peer's communities and filters; every node applies it live")
+def cmd_peer_set(args) -> int:
+    ds = datastore(args)
+    entry = ds.get(keys.bgp_peer(args.peer)) or next(
+        (e for e in ds.list(keys.BGP_PEERS) if e.value.get("peerIP") == args.peer), None)
+    if entry is None:
+        raise LookupError(f"BGP peer {args.peer} does not exist (a name or a peer IP)")
+    cur = BgpPeer.from_dict(entry.value)
+    peer = dataclasses.replace(cur, **_export_options(args, cur))
+    _check_filters(ds, peer)
+    ds.put(entry.key, {**entry.value, **peer.to_dict()})
+    print(f"BGP peer {peer.name}: {describe_peer(peer.to_dict())}")
+    return 0
+
+
 def describe_peer(d: dict) -> str:
     target = (f"{d['peerIP']} AS {d['asNumber']}" if d.get("peerIP")
               else f"nodes matching {d['peerSelector']!r}")
     scope = f"node {d['node']}" if d.get("node") else f"nodes matching {d.get('nodeSelector', 'all()')!r}"
     extra = "".join([f", password from secret {d['passwordSecret']}" if d.get("passwordSecret") else "",
                      f", hold time {d['holdTime']} s" if d.get("holdTime") else "",
-                     f", max {d['maxPrefixes']} prefixes" if d.get("maxPrefixes") else ""])
+                     f", max {d['maxPrefixes']} prefixes" if d.get("maxPrefixes") else "",
+                     *(f", {k} {','.join(d[k])}" for k in ("communities", "largeCommunities",
+                                                           "filters") if d.get(k))])
     return f"{target}, for {scope}{extra}"
 
 
@@ -169,4 +221,77 @@ def cmd_secret_delete(args) -> int:
     if not datastore(args).delete(keys.bgp_secret(args.name)):
         raise LookupError(f"secret {args.name} does not exist")
     print(f"secret {args.name} deleted")
+    return 0
+
+
+# --- bgp filter --------------------------------------------------------------------------
+def _length_range(value: str) -> tuple[int, int]:
+    lo, _, hi = value.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected MIN-MAX, e.g. 24-32") from None
+
+
+@FILTER.command("add", arg("name"),
+                arg("--import", dest="direction", action="store_const", const="import"),
+                arg("--export", dest="direction", action="store_const", const="export"),
+                arg("--cidr", required=True),
+                arg("--match-operator", default="In", choices=["Equal", "NotEqual", "In", "NotIn"]),
+                arg("--prefix-length", type=_length_range, metavar="MIN-MAX",
+                    help="prefix lengths an In/NotIn rule matches (default: the CIDR's..32)"),
+                arg("--action", required=True, type=str.lower, choices=["accept", "reject"]),
+                help="append a rule to filter NAME (created if new); the first rule that "
+                     "matches decides, a prefix no rule matches is accepted")
+def cmd_filter_add(args) -> int:
+    if args.direction is None:
+        raise ValueError("give --import or --export")
+    rule = FilterRule(cidr=args.cidr, match_operator=args.match_operator,
+                      action=args.action.capitalize(), prefix_length=args.prefix_length)
+    ds = datastore(args)
+    e = ds.get(keys.bgp_filter(args.name))
+    cur = BgpFilter.from_dict(e.value) if e else BgpFilter(args.name)
+    field_name = "import_v4" if args.direction == "import" else "export_v4"
+    new = dataclasses.replace(cur, **{field_name: getattr(cur, field_name) + (rule,)})
+    ds.put(keys.bgp_filter(args.name), new.to_dict())
+    print(f"BGP filter {args.name}: {args.direction} rule {len(new.rules(args.direction))} "
+          f"{rule.describe()}")
+    return 0
+
+
+def format_filter(d: dict) -> str:
+    f = BgpFilter.from_dict(d)
+    lines = [f"filter {f.name}"]
+    for direction in ("import", "export"):
+        lines += [f"  {direction} {i}: {r.describe()}" for i, r in enumerate(f.rules(direction), 1)]
+    return "\n".join(lines)
+
+
+@FILTER.command("list", arg("--json", action="store_true"))
+def cmd_filter_list(args) -> int:
+    rows = [e.value for e in datastore(args).list(keys.BGP_FILTERS)]
+    print(json.dumps(rows, indent=2) if args.json else "\n".join(map(format_filter, rows)))
+    return 0
+
+
+@FILTER.command("show", arg("name"), arg("--json", action="store_true"))
+def cmd_filter_show(args) -> int:
+    e = datastore(args).get(keys.bgp_filter(args.name))
+    if e is None:
+        raise LookupError(f"BGP filter {args.name} does not exist")
+    print(json.dumps(e.value, indent=2) if args.json else format_filter(e.value))
+    return 0
+
+
+@FILTER.command("delete", arg("name"))
+def cmd_filter_delete(args) -> int:
+    ds = datastore(args)
+    users = [e.value["name"] for e in ds.list(keys.BGP_PEERS)
+             if args.name in (e.value.get("filters") or ())]
+    if users:
+        raise ValueError(f"BGP filter {args.name} is used by peer {', '.join(users)} "
+                         "(bgp peer set PEER --filter ...)")
+    if not ds.delete(keys.bgp_filter(args.name)):
+        raise LookupError(f"BGP filter {args.name} does not exist")
+    print(f"BGP filter {args.name} deleted")
     return 0

@@ -174,3 +174,11 @@ def log_to_stderr() -> None:
     """For the long-running commands (agent, kube-sync): timestamped lines on stderr."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def comma_list(values: list[str] | None) -> list[str] | None:
+    """A repeatable option that also takes comma lists (`--community a,b --community c`):
+    None when not given, [] when given as '' (clears)."""
+    if values is None:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]

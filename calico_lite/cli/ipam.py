@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from calico_lite import keys
-from calico_lite.cli.common import Group, arg, datastore, print_result
+from calico_lite.cli.common import Group, arg, comma_list, datastore, print_result
 from calico_lite.cli.table import columns, row
 
 COMMANDS = Group()
@@ -37,6 +37,11 @@ def cmd_pool_add(args) -> int:
                   help="masquerade the pool's pods to destinations outside the pools and nodes"),
               arg("--disabled", action=argparse.BooleanOptionalAction,
                   help="assign no more addresses from the pool (its pods keep theirs)"),
+              arg("--community", action="append", metavar="A:B",
+                  help="BGP community on the pool's blocks and borrowed /32s: repeatable or a "
+                       "comma list; replaces the list ('' clears it)"),
+              arg("--large-community", action="append", metavar="A:B:C",
+                  help="BGP large community, as --community"),
               help="change a pool's flags, as `calicoctl patch ippool` does; every node "
                    "picks the change up by itself")
 def cmd_pool_set(args) -> int:
@@ -52,10 +57,16 @@ def cmd_pool_set(args) -> int:
             d["natOutgoing"] = args.nat_outgoing
         if args.disabled is not None:
             d["disabled"] = args.disabled
+        for key, values in (("communities", comma_list(args.community)),
+                            ("largeCommunities", comma_list(args.large_community))):
+            if values is not None:
+                d[key] = values
         pool = Pool.from_dict(d)
         if ds.txn([Op.unchanged(e.key, e.mod_revision)], [Op.put(e.key, pool.to_dict())]):
             print(f"pool {pool.name} {pool.cidr}: natOutgoing {str(pool.nat_outgoing).lower()}, "
-                  f"disabled {str(pool.disabled).lower()}")
+                  f"disabled {str(pool.disabled).lower()}"
+                  + "".join(f", {k} {' '.join(pool.to_dict()[k])}"
+                            for k in ("communities", "largeCommunities") if k in pool.to_dict()))
             return 0
     raise RuntimeError(f"pool {args.name}: changed concurrently too often; try again")
 
@@ -63,7 +74,9 @@ def cmd_pool_set(args) -> int:
 def _pool_row(p: dict) -> tuple[str, ...]:
     return (p["name"], p["cidr"], f"/{p['blockSize']}",
             f"{p['encapsulation']}/{p['encapMode']}{' nat-outgoing' if p['natOutgoing'] else ''}"
-            f"{' disabled' if p['disabled'] else ''}")
+            f"{' disabled' if p['disabled'] else ''}"
+            + "".join(f" {k} {','.join(p[k])}" for k in ("communities", "largeCommunities")
+                      if p.get(k)))
 
 
 @POOL.command("list", arg("--json", action="store_true"))

@@ -159,9 +159,31 @@ def format_node_status(s: dict, now: float | None = None) -> str:
                      + (f" (first {len(filtered)} shown)" if total > len(filtered) else ""))
         lines += [f"    {f['prefix']:<18} via {f['via']} from {f['peer']}: {f['reason']}"
                   for f in filtered]
+    lines += format_exports(s)
     lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
     lines += [f"  note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
+
+
+def format_exports(s: dict) -> list[str]:
+    """Communities and filters per peer and pool, and what export filters kept back."""
+    lines = []
+    for p in s.get("poolCommunities", []):
+        lines.append(f"  pool {p['cidr']} communities: "
+                     + " ".join(p["communities"] + p["largeCommunities"]))
+    for e in s.get("exports", []):
+        extra = [" ".join(e["communities"] + e["largeCommunities"]),
+                 f"filters {', '.join(e['filters'])}" if e["filters"] else ""]
+        if any(extra):
+            lines.append(f"  to {e['peer']}: {e['announced']} prefixes"
+                         + "".join(f", {x}" if x.startswith("filters") else f", communities {x}"
+                                   for x in extra if x))
+    rows = s.get("exportFiltered", [])
+    if rows:
+        total = s.get("exportFilteredTotal", len(rows))
+        lines.append(f"  not announced (export filters): {total}")
+        lines += [f"    {r['prefix']:<18} to {r['peer']}: {r['reason']}" for r in rows]
+    return lines
 
 
 def format_nat(nat: dict) -> str:
