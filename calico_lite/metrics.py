@@ -54,7 +54,8 @@ class AgentMetrics:
                              ["kind"], registry=r)
         self.bgp_filtered = Counter(
             PREFIX + "bgp_prefixes_filtered",
-            "Learned paths the BGP import policy refused (each counted once), by peer and reason",
+            "Paths the BGP import policy or a filter refused, or an export filter kept from a peer "
+            "(each counted once), by peer and reason (filter:NAME for filters)",
             ["peer", "reason"], registry=r)
         self.etcd_errors = Counter(PREFIX + "etcd_errors",
                                    "etcd calls that failed (unreachable or timed out), by operation",
