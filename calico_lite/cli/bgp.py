@@ -6,8 +6,9 @@ to an agent.
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
+import re
 import sys
 
 from bgp.filters import BgpFilter, FilterRule
@@ -234,8 +235,8 @@ def _length_range(value: str) -> tuple[int, int]:
 
 
 @FILTER.command("add", arg("name"),
-                arg("--import", dest="direction", action="store_const", const="import"),
-                arg("--export", dest="direction", action="store_const", const="export"),
+                arg("--import", dest="to_import", action="store_true", help="an importV4 rule"),
+                arg("--export", dest="to_export", action="store_true", help="an exportV4 rule"),
                 arg("--cidr", required=True),
                 arg("--match-operator", default="In", choices=["Equal", "NotEqual", "In", "NotIn"]),
                 arg("--prefix-length", type=_length_range, metavar="MIN-MAX",
@@ -244,17 +245,20 @@ def _length_range(value: str) -> tuple[int, int]:
                 help="append a rule to filter NAME (created if new); the first rule that "
                      "matches decides, a prefix no rule matches is accepted")
 def cmd_filter_add(args) -> int:
-    if args.direction is None:
-        raise ValueError("give --import or --export")
+    if args.to_import == args.to_export:
+        raise ValueError("give one of --import or --export")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        raise ValueError(f"filter name {args.name!r}: letters, digits, '.', '_' and '-' only")
+    direction = "import" if args.to_import else "export"
     rule = FilterRule(cidr=args.cidr, match_operator=args.match_operator,
                       action=args.action.capitalize(), prefix_length=args.prefix_length)
     ds = datastore(args)
     e = ds.get(keys.bgp_filter(args.name))
     cur = BgpFilter.from_dict(e.value) if e else BgpFilter(args.name)
-    field_name = "import_v4" if args.direction == "import" else "export_v4"
+    field_name = "import_v4" if direction == "import" else "export_v4"
     new = dataclasses.replace(cur, **{field_name: getattr(cur, field_name) + (rule,)})
     ds.put(keys.bgp_filter(args.name), new.to_dict())
-    print(f"BGP filter {args.name}: {args.direction} rule {len(new.rules(args.direction))} "
+    print(f"BGP filter {args.name}: {direction} rule {len(new.rules(direction))} "
           f"{rule.describe()}")
     return 0
 

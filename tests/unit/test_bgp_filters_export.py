@@ -178,3 +178,42 @@ def test_adopted_exabgp_gets_filtered_prefixes_withdrawn():
     cmds = st.connected(adopted=True).commands
     assert f"neighbor {T1} withdraw route 10.244.2.0/26 next-hop self" in cmds
     assert f"neighbor {T2} announce route 10.244.2.0/26 next-hop self community [ 65000:100 ]" in cmds
+
+
+# --- the CLI's parsing and node status ------------------------------------------------------
+def test_cli_parses_filter_rules_and_community_lists():
+    from calico_lite.cli.app import main, parse
+    from calico_lite.cli.common import comma_list
+    args = parse(["bgp", "filter", "add", "f", "--import", "--cidr", "10.244.0.0/16",
+                  "--prefix-length", "26-32", "--action", "Reject"])
+    assert (args.to_import, args.prefix_length, args.action, args.match_operator) == \
+        (True, (26, 32), "reject", "In")
+    assert comma_list(["65000:1,65000:2", "65000:3"]) == ["65000:1", "65000:2", "65000:3"]
+    assert comma_list([""]) == [] and comma_list(None) is None
+    args = parse(["bgp", "peer", "set", "10.99.1.1", "--filter", "a,b", "--community", ""])
+    assert (args.filter, args.community) == (["a,b"], [""])
+    with pytest.raises(SystemExit):
+        parse(["bgp", "filter", "add", "f", "--export", "--cidr", "10.0.0.0/8",
+               "--prefix-length", "x", "--action", "reject"])
+    assert main(["--etcd-endpoints", "http://127.0.0.1:1", "bgp", "filter", "add", "f",
+                 "--cidr", "10.0.0.0/8", "--action", "reject"]) == 1   # neither direction
+
+
+def test_node_status_shows_communities_and_export_filtered():
+    from calico_lite.cli.node import format_node_status
+    s = {"node": "n1", "updated": 0.0,
+         "poolCommunities": [{"cidr": "10.244.0.0/16", "communities": ["65000:100"],
+                              "largeCommunities": []}],
+         "exports": [{"peer": T1, "communities": [], "largeCommunities": ["65000:1:2"],
+                      "filters": ["edge"], "announced": 1},
+                     {"peer": T2, "communities": [], "largeCommunities": [], "filters": [],
+                      "announced": 2}],
+         "exportFiltered": [{"peer": T1, "prefix": "10.244.2.0/26", "kind": "filter:edge",
+                             "reason": "not announced: export filter edge rule 1"}],
+         "exportFilteredTotal": 1}
+    lines = format_node_status(s, now=1.0).splitlines()
+    assert lines[-4:] == [
+        "  pool 10.244.0.0/16 communities: 65000:100",
+        f"  to {T1}: 1 prefixes, communities 65000:1:2, filters edge",
+        "  not announced (export filters): 1",
+        f"    10.244.2.0/26      to {T1}: not announced: export filter edge rule 1"]
