@@ -217,3 +217,43 @@ def test_node_status_shows_communities_and_export_filtered():
         f"  to {T1}: 1 prefixes, communities 65000:1:2, filters edge",
         "  not announced (export filters): 1",
         f"    10.244.2.0/26      to {T1}: not announced: export filter edge rule 1"]
+
+
+def test_route_reflector_applies_the_target_peers_export_filters():
+    from tests.bgp_lines import ANNOUNCE
+    cfg = SpeakerConfig(router_id="10.99.1.11", local_address="10.99.1.11", local_as=65001,
+                        cluster_id="1.0.0.1",
+                        peers=[PeerConfig(T1, 65001, route_reflector_client=True),
+                               PeerConfig(T2, 65001, route_reflector_client=True)])
+    st = BgpState(cfg)
+    st.handle(parse_line(UP))
+    st.handle(parse_line(UP.replace(f'"peer": "{T1}"', f'"peer": "{T2}"')))
+    st.handle(parse_line(ANNOUNCE))   # T1 sends 10.244.2.0/26 and 10.244.3.0/26
+    assert {p.address: p.sent for p in st.peers()} == {T1: 0, T2: 2}
+    edge = BgpFilter("edge", export_v4=(rule("10.244.3.0/26", "Equal"),))
+    cmds = st.announce(set(), ExportPolicy(peers=((T2, PeerExport(filters=(edge,))),)))[0].commands
+    assert cmds == [f"neighbor {T2} withdraw route 10.244.3.0/26 next-hop 10.99.1.12"]
+    assert {p.address: p.sent for p in st.peers()} == {T1: 0, T2: 1}
+
+
+def test_records_become_per_peer_policy_and_missing_filters_are_reported():
+    from calico_lite.bgpconfig import BgpGlobal, NodeBgp, node_speaker_config
+    from calico_lite.bgpexport import export_policy, filters_from, peer_filters
+    peer = BgpPeer("tor", peer_ip=T1, as_number=65001, large_communities=("65000:1:2",),
+                   filters=("edge", "gone"))
+    assert BgpPeer.from_dict(peer.to_dict()) == peer
+    cfg, _ = node_speaker_config("n1", {"n1": NodeBgp("n1", "10.99.1.11")},
+                                 BgpGlobal(mesh=False), [peer], {}, local_address="10.99.1.11",
+                                 default_as=64601)
+    filters, bad = filters_from({"/f/edge": {"name": "edge", "exportV4": [
+        {"cidr": "10.244.2.0/26", "matchOperator": "Equal", "action": "Reject"}]},
+        "/f/broken": {"name": "broken", "importV4": [{"cidr": "nope", "action": "Reject"}]}})
+    assert list(filters) == ["edge"] and "broken" in bad[0]
+    chains, problems = peer_filters(cfg.peers, filters)
+    assert chains == {T1: (filters["edge"],)}
+    assert problems == ["peer tor: BGP filter gone not found; left out"]
+    policy = export_policy(cfg.peers, {"/p/default": Pool("default", "10.244.0.0/16",
+                                                          communities=("65000:100",)).to_dict()},
+                           chains)
+    assert policy.pools == (("10.244.0.0/16", Attributes(("65000:100",))),)
+    assert policy.peer(T1) == PeerExport(Attributes((), ("65000:1:2",)), (filters["edge"],))
