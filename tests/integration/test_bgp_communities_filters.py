@@ -111,8 +111,16 @@ def run_scenario(node, tor: FrrRouter) -> None:
     counts = filtered_counter(node.metrics())
     assert counts[(TOR, "filter:edge")] == 2.0, counts
 
+    assert cli("bgp", "filter", "show", "edge").stdout.splitlines() == [
+        "filter edge", "  import 1: Reject In 10.244.8.0/24 /26-32",
+        "  export 1: Reject Equal 10.244.2.0/26"]
+    used = cli("bgp", "filter", "delete", "edge", check=False)
+    assert used.returncode == 1 and "used by peer tor" in used.stderr, used.stderr
+
     # detach the filter: everything flows again, live
     cli("bgp", "peer", "set", "tor", "--filter", "")
+    cli("bgp", "filter", "delete", "edge")
+    assert cli("bgp", "filter", "list").stdout.strip() == ""
     wait_until(lambda: attrs(tor, NODE_BLOCKS[1]) == ("", "65000:1:2", 150),
                "the block back at FRR")
     wait_until(lambda: set(TOR_BLOCKS) <= set(node.routes("proto", "88")),
