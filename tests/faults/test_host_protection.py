@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from bgp.exabgp import CONFIG_NAME
 from calico_lite import keys
 from tests.conftest import REPO, SHIM
 from tests.faults.agent_node import agent_node, wait_until
@@ -76,8 +77,10 @@ def lab():
 
 
 def probe(node, pod: dict) -> dict:
-    return json.loads(_py(pod["ns"], "-m", "tests.faults.hostports", "probe", node.address,
-                          *map(str, [*NODE_PORTS, HEALTH])).stdout)
+    got = json.loads(_py(pod["ns"], "-m", "tests.faults.hostports", "probe", node.address,
+                         *map(str, [*NODE_PORTS, HEALTH])).stdout)
+    print(f"[info] pod {pod['ip']} -> node {node.address}: {got}")
+    return got
 
 
 def node_reaches_pod(node, pod: dict) -> bool:
@@ -182,8 +185,10 @@ def test_socket_and_run_folder_are_root_only_and_no_password_leaks(lab):
     for path in run.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
-    conf = [p for p in run.rglob("*") if p.is_file() and PASSWORD in p.read_text(errors="replace")]
-    assert conf, "ExaBGP's configuration holds the password (so the test looks for the right text)"
+    holding = [p.name for p in run.rglob("*") if p.is_file() and PASSWORD in p.read_text(errors="replace")]
+    # ExaBGP's configuration must hold it (and shows the test looks for the right text); its
+    # output, pid and environment files must not
+    assert holding == [CONFIG_NAME], holding
     # errors that name the secret or the peer: a missing secret, a refused password, a bad peer
     node.cli("bgp", "peer", "add", "tor2", "--peer-ip", "10.99.1.2", "--as", "65002",
              "--password-secret", "missing")
@@ -199,5 +204,6 @@ def test_socket_and_run_folder_are_root_only_and_no_password_leaks(lab):
     texts["metrics"] = node.metrics()
     texts["policy status"] = json.dumps(node.ds("get", key=keys.policy_status(node.name)))
     texts["status"] = node.cli("node", "status", node.name).stdout
+    print(f"[info] looked for the BGP password in: {', '.join(texts)}")
     leaks = [where for where, text in texts.items() if PASSWORD in text]
     assert not leaks, f"the BGP password shows in {leaks}"
