@@ -105,6 +105,12 @@ def wait_for_datastore(ds: Datastore, stop: threading.Event) -> None:
         backoff.wait(stop)
 
 
+def private_dir(path: Path) -> None:
+    """Make path a folder only root can enter (also if it was there with wider modes)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
 class NodeAgent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
@@ -177,6 +183,10 @@ class NodeAgent:
             return cni.run(req, cni.Context(self.backend, ipr))
 
     def start(self) -> None:
+        # root only: the run folder holds the CNI socket and ExaBGP's configuration (TCP MD5
+        # passwords); whatever the agent and ExaBGP create is 0600/0700 from here on
+        os.umask(0o077)
+        private_dir(self.cfg.run_dir)
         self.serve_health()
         wait_for_datastore(self.ds, self.stop_event)
         if self.stop_event.is_set():

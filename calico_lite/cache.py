@@ -17,7 +17,7 @@ log = logging.getLogger("calico-lite.cache")
 # the kinds of keys whose changes are tracked apart (see Cache.generation_of)
 CATEGORIES = (keys.POOLS, keys.BLOCKS, keys.AFFINITIES, keys.HANDLES, keys.NODES, keys.WORKLOADS,
               keys.K8S_NAMESPACES, keys.K8S_PODS, keys.K8S_POLICIES, keys.K8S_NODES,
-              keys.K8S_SERVICES, keys.K8S_ENDPOINTSLICES, keys.BARRIER)
+              keys.K8S_SERVICES, keys.K8S_ENDPOINTSLICES, keys.NODE_CONFIG, keys.BARRIER)
 OTHER = "(other)"  # any other key: wakes only controllers that wait on every change
 
 

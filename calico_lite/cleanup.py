@@ -3,7 +3,8 @@
 Deleting the DaemonSet stops the agents the way an upgrade does (on SIGTERM an agent
 detaches: ExaBGP, routes and rules stay for the next agent), so an uninstall needs this one
 more step on every node: `calico-lite node cleanup` (deploy/cleanup/ runs it as a DaemonSet).
-It stops ExaBGP (its peers withdraw the node's blocks), deletes our nftables table, the routes
+It stops ExaBGP (its peers withdraw the node's blocks), deletes our nftables tables (`inet
+calico-lite`, and `arp calico-lite` of the pods' ARP anti-spoofing), the routes
 with our routing protocol (bgp.routes.PROTO), the tunnel devices, the conflist and the shim,
 and the agent's run folder. `leftovers()` lists what is still there: the cleanup is verified
 with it, and so is the lab's uninstall test.
@@ -48,9 +49,13 @@ def _exabgp_pid(files: NodeFiles) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def _table_exists() -> bool:
-    p = subprocess.run(["nft", "list", "table", FAMILY, TABLE], capture_output=True, text=True)
-    return p.returncode == 0
+TABLES = ((FAMILY, TABLE), ("arp", TABLE))   # policy, NAT, host protection; ARP anti-spoofing
+
+
+def _tables() -> list[tuple[str, str]]:
+    """Our nftables tables that are present."""
+    return [(family, table) for family, table in TABLES
+            if subprocess.run(["nft", "list", "table", family, table], capture_output=True).returncode == 0]
 
 
 def _devices() -> list[str]:
@@ -68,8 +73,7 @@ def leftovers(files: NodeFiles) -> list[str]:
     out = [f"file {p}" for p in files.ours() if p.exists()]
     if pid := _exabgp_pid(files):
         out.append(f"ExaBGP (pid {pid})")
-    if _table_exists():
-        out.append(f"nftables table {FAMILY} {TABLE}")
+    out += [f"nftables table {family} {table}" for family, table in _tables()]
     out += [f"route {line.split()[0]} (proto {PROTO})" for line in _ip("route", "show", "proto", str(PROTO)).splitlines()
             if line.strip()]
     out += [f"device {d}" for d in _devices()]
@@ -85,9 +89,9 @@ def cleanup(files: NodeFiles) -> list[str]:
     if pid:
         kill_pids([pid], grace=5.0)   # SIGTERM: ExaBGP closes its sessions, peers withdraw
         done.append(f"stopped ExaBGP (pid {pid})")
-    if _table_exists():
-        subprocess.run(["nft", "delete", "table", FAMILY, TABLE], check=True)
-        done.append(f"deleted nftables table {FAMILY} {TABLE}")
+    for family, table in _tables():
+        subprocess.run(["nft", "delete", "table", family, table], check=True)
+        done.append(f"deleted nftables table {family} {table}")
     if _ip("route", "show", "proto", str(PROTO)).strip():
         subprocess.run(["ip", "route", "flush", "proto", str(PROTO)], check=True)
         done.append(f"flushed routes of proto {PROTO}")

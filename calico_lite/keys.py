@@ -50,6 +50,15 @@ def node(name: str) -> str:
     return NODES + name
 
 
+NODE_CONFIG = ROOT + "nodeconfig/"   # operator settings for one node's data plane (`node set`)
+
+
+def node_config(name: str) -> str:
+    """A node's data-plane settings (Felix's per-node FelixConfiguration): host endpoint
+    protection (workloadToHostAction, workloadToHostAllow). Absent: the defaults."""
+    return NODE_CONFIG + name
+
+
 def workload(node_name: str, handle_id: str) -> str:
     return f"{WORKLOADS}{node_name}/{handle_id}"
 

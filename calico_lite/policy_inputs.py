@@ -12,6 +12,7 @@ import logging
 from calico_lite import keys
 from policy.manifests import policy_from_dict
 from policy.model import ContainerPort, Namespace, NetworkPolicy, Pod
+from policy.hostprotect import HostProtection, HostProtectionError, LocalEndpoint, protection_from
 from policy.nat import NatPool
 
 log = logging.getLogger("calico-lite.policy")
@@ -101,3 +102,33 @@ def nat_inputs(pools: dict[str, dict], nodes: dict[str, dict]) -> tuple[list[Nat
     return ([NatPool(v.get("name", k.rsplit("/", 1)[-1]), v["cidr"], bool(v.get("natOutgoing", False)))
              for k, v in pools.items() if v.get("cidr")],
             [v["subnet"] for v in nodes.values() if v.get("subnet")])
+
+
+def local_endpoints(pods: dict[str, Pod], workloads: dict[str, dict]) -> list[LocalEndpoint]:
+    """The local pods (those pods_by_workload gave an interface) with the MAC their workload
+    record names (policy.hostprotect: anti-spoofing of source MACs and ARP)."""
+    out = []
+    for wkey, pod in pods.items():
+        if not pod.interface:
+            continue
+        mac = workloads.get(wkey, {}).get("mac", "")
+        out.append(LocalEndpoint(pod.interface, pod.ip, mac if _is_mac(mac) else ""))
+    return out
+
+
+def _is_mac(text) -> bool:
+    parts = text.split(":") if isinstance(text, str) else []
+    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
+                                   for p in parts)
+
+
+def host_protection(configs: dict[str, dict], node: str) -> tuple[HostProtection, str]:
+    """This node's host endpoint protection (keys.node_config) and a problem ('' if none).
+    A record that does not read is logged and the default (protection on) applies: a typo
+    must not open the node to its pods."""
+    key = keys.node_config(node)
+    try:
+        return protection_from(configs.get(key)), ""
+    except HostProtectionError as e:
+        skip_record(key, configs.get(key), e)
+        return HostProtection(), f"{key}: {e} (the default applies)"

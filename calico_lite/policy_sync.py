@@ -1,8 +1,11 @@
 """The policy controller: datastore -> ruleset (policy.incremental) -> nftables (policy.applier).
 
 It owns the whole `inet calico-lite` table, so NAT outgoing (policy.nat: the pools' natOutgoing
-flags and the node subnets) is composed into the same Ruleset and goes through the same atomic
-transactions: a pool change is a few set elements in the next small update.
+flags and the node subnets) and host endpoint protection (policy.hostprotect: the node's
+workload-to-host setting, the local pods' MACs) are composed into the same Ruleset and go through
+the same atomic transactions: a pool change or a new allow list is a few set elements and one
+refilled chain in the next small update. ARP anti-spoofing is an `arp calico-lite` table (ARP
+is not IP), applied by a second applier right after the inet table.
 
 On every datastore change it diffs its inputs (pods, namespaces, policies) against the last pass
 and feeds only the differences to the incremental calculation, which touches only the sets and
@@ -22,12 +25,15 @@ from typing import Callable
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import namespaces_from, nat_inputs, pods_by_workload, skip_record
+from calico_lite.policy_inputs import (host_protection, local_endpoints, namespaces_from, nat_inputs,
+                                       pods_by_workload, skip_record)
 from policy.applier import ApplyResult, RulesetApplier
 from policy.compiler import compile_ruleset
 from policy.incremental import IncrementalRuleset
 from policy.manifests import policy_from_dict
 from policy.model import Namespace, NetworkPolicy, Pod
+from policy.hostprotect import (HostProtection, LocalEndpoint, arp_ruleset, host_sets, to_host_chain,
+                                with_host_protection)
 from policy.nat import NatState, nat_chain, nat_sets, nat_state, with_nat
 from policy.ruleset import Ruleset
 from policy.conntrack import flows_to_forget, forget_udp_flows
@@ -38,7 +44,26 @@ RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.01  # let a burst of pod changes land, then compile once
 # what the ruleset is computed from (pools and node records: NAT outgoing); IPAM traffic
 # (blocks, handles, affinities) and routing status must not wake this controller
-INPUTS = (keys.ROOT + "k8s/", keys.WORKLOADS, keys.POOLS, keys.NODES, keys.BARRIER)
+INPUTS = (keys.ROOT + "k8s/", keys.WORKLOADS, keys.POOLS, keys.NODES, keys.NODE_CONFIG, keys.BARRIER)
+
+
+def host_inputs(items: Callable[[str], dict], node: str,
+                pods: dict[str, Pod]) -> tuple[HostProtection, str, list[LocalEndpoint]]:
+    """The node's protection setting, a problem reading it ('' if none), and its local pods
+    with their MACs, from the cache (or any `items(prefix)`)."""
+    protection, problem = host_protection(items(keys.NODE_CONFIG), node)
+    return protection, problem, local_endpoints(pods, items(keys.WORKLOADS))
+
+
+def node_tables(ruleset: Ruleset, items: Callable[[str], dict], node: str,
+                pods: dict[str, Pod]) -> tuple[Ruleset, Ruleset]:
+    """The node's whole inet table (policy + NAT outgoing + host protection) and its ARP table,
+    built afresh from the same inputs as the controller (tests compare the kernel with this)."""
+    state = nat_state(*nat_inputs(items(keys.POOLS), items(keys.NODES)))
+    protection, _, endpoints = host_inputs(items, node, pods)
+    table = with_nat(ruleset, nat_sets(state), nat_chain())
+    return (with_host_protection(table, host_sets(protection, endpoints), to_host_chain(protection)),
+            arp_ruleset(endpoints))
 
 
 class PolicyController:
@@ -51,12 +76,14 @@ class PolicyController:
         self.node_ips = node_ips
         self.publish = publish
         self.applier: RulesetApplier | None = None
+        self.arp_applier: RulesetApplier | None = None   # made in the applying thread (netns)
         self.calc: IncrementalRuleset | None = None
         self._raw_policies: dict[str, dict] = {}
         self._policy_keys: dict[str, str] = {}  # datastore key -> policy key
         self._namespaces: dict[str, Namespace] = {}
         self._pods: dict[str, Pod] = {}
         self._nat: tuple[NatState | None, dict] = (None, {})  # the state and its sets, reused
+        self._host: tuple = (None, None, None)   # (inputs, (sets, chain), arp table), reused
         self.beat: Callable[[], None] = lambda: None   # liveness (agent_health)
         self.restored = 0   # times the resync found our table changed behind our back
 
@@ -109,6 +136,19 @@ class PolicyController:
             self._nat = (state, nat_sets(state))
         return with_nat(ruleset, self._nat[1], nat_chain()), state
 
+    def host_table(self, table: Ruleset, pods: dict[str, Pod]) -> tuple[Ruleset, Ruleset, dict]:
+        """`table` with host protection added, the ARP table, and the setting's summary. The
+        parts are the same objects while their inputs stay the same (the applier's diff skips
+        them)."""
+        protection, problem, endpoints = host_inputs(self.cache.items, self.node, pods)
+        inputs = (protection, frozenset(endpoints))
+        if self._host[0] != inputs:
+            self._host = (inputs, (host_sets(protection, endpoints), to_host_chain(protection)),
+                          arp_ruleset(endpoints))
+        sets, chain = self._host[1]
+        summary = {**protection.summary(), **({"problem": problem} if problem else {})}
+        return with_host_protection(table, sets, chain), self._host[2], summary
+
     def sync_once(self, generation: int, full: bool = False) -> dict:
         revision = self.cache.revision  # read first: what we compile reflects at least this
         raw_policies = self._readable(self.cache.items(keys.K8S_POLICIES))
@@ -123,9 +163,13 @@ class PolicyController:
             self._feed(raw_policies, namespaces, pods)
             ruleset = self.calc.ruleset()  # type: ignore[union-attr]
         table, nat = self.nat_table(ruleset)
+        table, arp, host = self.host_table(table, pods)
         compiled = time.perf_counter()
         assert self.applier
         result = self._apply(table, full)
+        if self.arp_applier is None:
+            self.arp_applier = RulesetApplier()
+        self._apply(arp, full, self.arp_applier)
         # policies and labels decide who may talk; when they change, established UDP flows of
         # local pods are forgotten so each is judged again (not on the first pass: a restarted
         # agent inherits flows its predecessor's identical rules allowed)
@@ -138,7 +182,7 @@ class PolicyController:
                 "compile_ms": round((compiled - start) * 1e3, 1),
                 "nft_ms": round(result.seconds * 1e3, 1), "policies": len(raw_policies),
                 "local_pods": sum(1 for p in pods.values() if p.interface), "error": "",
-                "udp_flows_forgotten": forgotten, "nat": nat.summary(),
+                "udp_flows_forgotten": forgotten, "nat": nat.summary(), "hostProtection": host,
                 "table_restored": self.restored, "updated": time.time(), **table.stats()}
 
     def _readable(self, raw: dict[str, dict]) -> dict[str, dict]:
@@ -160,16 +204,17 @@ class PolicyController:
                     out[k] = good
         return out
 
-    def _apply(self, ruleset: Ruleset, full: bool) -> ApplyResult:
+    def _apply(self, ruleset: Ruleset, full: bool, applier: RulesetApplier | None = None) -> ApplyResult:
         """At the resync, first check that the kernel still holds our table as we left it
         (another tool may have flushed or deleted it): if not, load it whole again."""
-        assert self.applier
-        drift = self.applier.drift() if full else ""
+        applier = applier or self.applier
+        assert applier
+        drift = applier.drift() if full else ""
         if not drift:
-            return self.applier.update(ruleset)
-        log.warning(json.dumps({"event": "policy-table-restored", "why": drift}))
+            return applier.update(ruleset)
+        log.warning(json.dumps({"event": "policy-table-restored", "table": ruleset.ref, "why": drift}))
         self.restored += 1
-        return self.applier.sync(ruleset)
+        return applier.sync(ruleset)
 
     def run(self, stop: threading.Event) -> None:
         self.applier = RulesetApplier()  # binds to this (the node's) network namespace

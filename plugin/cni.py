@@ -38,6 +38,7 @@ class Workload:
     host_ifname: str
     netns: str
     node: str = ""
+    mac: str = ""   # the pod end's MAC: the one source MAC the pod may use (anti-spoofing)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -120,7 +121,7 @@ def _add(req: Request, ctx: Context, nl: Rtnl, pod_fd: int, pod_nl: Rtnl) -> dic
             ctx.backend.assign, handle,
             {"namespace": namespace, "pod": pod, "containerID": req.container_id},
             lambda ip: Workload(handle, req.container_id, req.ifname, namespace, pod, ip, host,
-                                req.netns, ctx.backend.node))
+                                req.netns, ctx.backend.node, mac))
         undo.callback(_release_if_assigned, ctx, handle, assigning)
         try:
             with ctx.span("veth"):

@@ -80,7 +80,7 @@ class CniServer:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.unlink(missing_ok=True)
         s = bind_unix(self.path, 0o077)
         os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)

@@ -95,10 +95,11 @@ def cmd_node_status(args) -> int:
     ds = datastore(args)
     rows = [e.value for e in ds.list(keys.STATUS)
             if not args.node or e.value.get("node") == args.node]
-    nat = {e.value.get("node"): e.value.get("nat") for e in ds.list(keys.POLICY_STATUS)}
-    for r in rows:  # NAT outgoing is the policy controller's: its last applied state
-        if nat.get(r.get("node")) is not None:
-            r["nat"] = nat[r["node"]]
+    policy = {e.value.get("node"): e.value for e in ds.list(keys.POLICY_STATUS)}
+    for r in rows:  # NAT outgoing and host protection are the policy controller's: as applied
+        for field in ("nat", "hostProtection"):
+            if policy.get(r.get("node"), {}).get(field) is not None:
+                r[field] = policy[r["node"]][field]
     if args.node and not rows:
         raise LookupError(f"no status for node {args.node}: is its agent running?")
     print_result(rows, args.json, "\n\n".join(format_node_status(r) for r in rows))
@@ -152,6 +153,8 @@ def format_node_status(s: dict, now: float | None = None) -> str:
         lines += [f"    {a['prefix']:<18} {a['reason']}" for a in s["services"]]
     if "nat" in s:
         lines.append(f"  NAT outgoing: {format_nat(s['nat'])}")
+    if "hostProtection" in s:
+        lines.append(f"  workload to host: {format_host_protection(s['hostProtection'])}")
     filtered = s.get("filtered", [])
     if filtered:
         total = s.get("filteredTotal", len(filtered))
@@ -195,14 +198,61 @@ def format_nat(nat: dict) -> str:
             + " masquerade to destinations outside the pools and node subnets")
 
 
+def format_host_protection(h: dict) -> str:
+    """The node's host endpoint protection as applied (policy.hostprotect.HostProtection.summary)."""
+    allow = ", ".join(h.get("allow", [])) or "nothing"
+    text = ("accept (protection off)" if h.get("action") == "accept" else
+            f"drop except {allow}; replies to the node's own connections pass")
+    text += " (default)" if h.get("default") else " (set with `node set`)"
+    return text + (f"; problem: {h['problem']}" if h.get("problem") else "")
+
+
 # --- node set --------------------------------------------------------------------------
 @NODE.command("set", arg("node"), arg("--as", dest="asn", type=int), arg("--router-id"),
               arg("--route-reflector-cluster-id", help="make the node a route reflector ('' to stop)"),
               arg("--label", action="append", default=[], help="k=v to set, k- to remove"),
-              help="a node's BGP settings: AS, router id, labels, RR cluster", datastore=True)
+              arg("--workload-to-host-allow", metavar="PROTO:PORT[-PORT],...|default",
+                  help="what pods may open on this node (e.g. tcp:53,udp:53); '' for nothing, "
+                       "'default' for udp:53,tcp:53,udp:67"),
+              arg("--workload-to-host-action", choices=["drop", "accept", "default"],
+                  help="pod traffic to this node outside the allow list: drop (the default) or "
+                       "accept (host endpoint protection off)"),
+              help="a node's settings: BGP (AS, router id, labels, RR cluster) and host "
+                   "endpoint protection", datastore=True)
 def cmd_node_set(args) -> int:
-    from calico_lite.labels import apply_label_changes, parse_label_args
     ds = datastore(args)
+    bgp_change = (args.asn is not None or args.router_id is not None
+                  or args.route_reflector_cluster_id is not None or args.label)
+    host_change = args.workload_to_host_allow is not None or args.workload_to_host_action is not None
+    if host_change:
+        config = _set_host_protection(ds, args)
+        print(f"node {args.node}: {json.dumps(config, sort_keys=True)}")
+    if bgp_change or not host_change:
+        _set_bgp(ds, args)
+    return 0
+
+
+def _set_host_protection(ds, args) -> dict:
+    """keys.node_config: checked here (a bad entry is refused, nothing written); every
+    agent applies it at once (no restart)."""
+    from policy.hostprotect import parse_allow, protection_from
+    e = ds.get(keys.node_config(args.node))
+    d = dict(e.value) if e and isinstance(e.value, dict) else {}
+    if args.workload_to_host_allow == "default":
+        d.pop("workloadToHostAllow", None)
+    elif args.workload_to_host_allow is not None:
+        d["workloadToHostAllow"] = [str(p) for p in parse_allow(args.workload_to_host_allow)]
+    if args.workload_to_host_action == "default":
+        d.pop("workloadToHostAction", None)
+    elif args.workload_to_host_action is not None:
+        d["workloadToHostAction"] = args.workload_to_host_action
+    protection_from(d)   # raises on anything the agent could not read
+    ds.put(keys.node_config(args.node), d)
+    return d
+
+
+def _set_bgp(ds, args) -> None:
+    from calico_lite.labels import apply_label_changes, parse_label_args
     e = ds.get(keys.bgp_node(args.node))
     d = dict(e.value) if e else {"name": args.node}
     if args.asn is not None:
@@ -216,7 +266,6 @@ def cmd_node_set(args) -> int:
                                           parse_label_args(args.label, allow_remove=True))
     ds.put(keys.bgp_node(args.node), d)
     print(f"node {args.node}: {json.dumps({k: v for k, v in d.items() if k != 'name'}, sort_keys=True)}")
-    return 0
 
 
 # --- node cleanup ----------------------------------------------------------------------

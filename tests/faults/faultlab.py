@@ -220,7 +220,7 @@ def _ip_json(netns: str, *args: str) -> list[dict]:
 
 def node_leftovers(lab: str, node: str, netns: str, live: list[dict]) -> list[str]:
     """What the node's kernel holds for no live workload: a `cali…` veth, a /32 host route on
-    one, an address or interface in the policy table's sets and maps. `live` are the
+    one, an address or interface in the policy table's sets and maps (or the ARP table's). `live` are the
     cluster's workload records."""
     mine = {w["host_ifname"]: w["ip"] for w in live if w.get("node") == node}
     ips = {w["ip"] for w in live}
@@ -230,8 +230,8 @@ def node_leftovers(lab: str, node: str, netns: str, live: list[dict]) -> list[st
         dev = r.get("dev", "")
         if dev.startswith("cali") and mine.get(dev) != r["dst"]:
             left.append(f"route {r['dst']} dev {dev}")
-    table = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", "calico-lite"],
-                           capture_output=True, text=True).stdout
+    table = "".join(subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", family, "calico-lite"],
+                                   capture_output=True, text=True).stdout for family in ("inet", "arp"))
     for name in sorted(set(re.findall(r"\bcali[0-9a-f]{11}\b", table)) - set(mine)):
         left.append(f"nft element {name}")
     pods_net = re.compile(r"\b10\.244\.\d+\.\d+\b(?!/)")

@@ -9,10 +9,10 @@ import json
 import os
 
 from calico_lite import keys
-from calico_lite.policy_inputs import nat_inputs, pods_by_workload
+from calico_lite.policy_inputs import pods_by_workload
+from calico_lite.policy_sync import node_tables
 from policy.compiler import compile_ruleset
 from policy.manifests import policy_to_dict
-from policy.nat import nat_chain, nat_sets, nat_state, with_nat
 from policy.model import LabelSelector, Namespace, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule
 from tests.conftest import SHIM
 from tests.faults.agent_node import agent_node, wait_until
@@ -39,13 +39,14 @@ def policy(name: str, app: str) -> dict:
 def expected_table(node, policies: dict[str, dict], workloads: dict[str, dict]) -> dict:
     """Our table as a fresh full load of the GOOD records makes it (in a scratch netns)."""
     from policy.manifests import policy_from_dict
-    pods = pods_by_workload(PODS, workloads, node.name).values()
-    rs = compile_ruleset([policy_from_dict(v) for v in policies.values()], pods,
+    pods = pods_by_workload(PODS, workloads, node.name)
+    rs = compile_ruleset([policy_from_dict(v) for v in policies.values()], pods.values(),
                          [Namespace("a", {"team": "a"})], [node.address])
     records = {prefix: {k: v for k, v, _ in node.ds("list", prefix=prefix)}
                for prefix in (keys.POOLS, keys.NODES)}
-    state = nat_state(*nat_inputs(records[keys.POOLS], records[keys.NODES]))
-    rs = with_nat(rs, nat_sets(state), nat_chain())   # the agent's table holds NAT outgoing too
+    records[keys.WORKLOADS] = workloads
+    # the agent's table holds NAT outgoing and host protection too
+    rs = node_tables(rs, lambda prefix: records.get(prefix, {}), node.name, pods)[0]
     with nft_nodes("bsx", ("full",)) as (full,):
         full.call(full.applier.sync, rs)
         return full.table()

@@ -64,7 +64,10 @@ def test_our_table_is_restored_after_others_flush_or_delete_it_and_theirs_is_lef
                 assert table(node, "bsother") == theirs, "another owner's table was changed"
         assert table(node, "bsother") is None, "another owner's table was recreated by us"
         log = node.log_text()
-        assert log.count('"event": "policy-table-restored"') == 3, log[-3000:]
+        assert log.count('"event": "policy-table-restored", "table": "inet calico-lite"') == 3, log[-3000:]
+        # `nft flush ruleset` took the pods' ARP anti-spoofing table too: back as well
+        assert log.count('"event": "policy-table-restored", "table": "arp calico-lite"') == 1, log[-3000:]
+        assert sh("nft", "list", "table", "arp", "calico-lite", netns=node.netns, check=False).returncode == 0
         assert node.agent_alive()
         # nothing to restore: the resyncs that follow leave the table alone
         before = log.count("policy-table-restored")

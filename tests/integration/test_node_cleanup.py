@@ -1,5 +1,5 @@
 """`calico-lite node cleanup` in a namespace made to look like a node calico-lite ran on (a
-VXLAN device, our nftables table, routes of proto 88, conflist and shim, a run folder, an
+VXLAN device, our nftables tables (inet and arp), routes of proto 88, conflist and shim, a run folder, an
 ExaBGP stand-in holding the pid file): everything of ours goes, nothing else is touched; the
 check mode lists what is left and fails while anything is. The lab's uninstall test runs the
 same command through deploy/cleanup/ on real nodes."""
@@ -31,6 +31,8 @@ def node(tmp_path):
         sh("ip", "-n", ns, "route", "add", "10.9.0.0/24", "via", "10.250.0.2")   # not ours
         sh("nft", "add table inet calico-lite", netns=ns)
         sh("nft", "add table inet someone-else", netns=ns)
+        sh("nft", "add table arp calico-lite", netns=ns)   # pods' ARP anti-spoofing
+        sh("nft", "add table arp someone-else", netns=ns)
         run, bin_dir, conf = tmp_path / "run", tmp_path / "bin", tmp_path / "conf"
         install_cni(bin_dir, conf, agent_socket=str(run / "cni.sock"))
         (bin_dir / "loopback").write_text("not ours")
@@ -54,7 +56,7 @@ def test_cleanup_removes_ours_and_only_ours(node):
     ns, run, bin_dir, conf, sleeper = node
     check = cleanup(ns, run, bin_dir, conf, "--check")
     assert check.returncode == 1
-    for item in ("calico-lite.conflist", "/calico-lite", "ExaBGP", "inet calico-lite",
+    for item in ("calico-lite.conflist", "/calico-lite", "ExaBGP", "inet calico-lite", "arp calico-lite",
                  "10.244.1.0/26", "vxlan.calico", "run folder"):
         assert item in check.stdout, (item, check.stdout)
     done = cleanup(ns, run, bin_dir, conf)
@@ -62,7 +64,8 @@ def test_cleanup_removes_ours_and_only_ours(node):
     assert sleeper.wait(timeout=10) is not None            # "ExaBGP" was stopped
     assert cleanup(ns, run, bin_dir, conf, "--check").returncode == 0
     tables = sh("nft", "list tables", netns=ns).stdout
-    assert "someone-else" in tables and "calico-lite" not in tables
+    assert "inet someone-else" in tables and "arp someone-else" in tables, tables
+    assert "calico-lite" not in tables, tables
     routes = sh("ip", "-n", ns, "route").stdout
     assert "10.9.0.0/24" in routes and "10.244.1.0/26" not in routes
     assert (bin_dir / "loopback").exists() and not (bin_dir / "calico-lite").exists()

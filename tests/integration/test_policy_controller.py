@@ -12,10 +12,9 @@ from hypothesis import example, given, settings
 
 from calico_lite import keys
 from calico_lite.cache import Cache
-from calico_lite.policy_inputs import inputs_from, nat_inputs
-from calico_lite.policy_sync import PolicyController
+from calico_lite.policy_inputs import inputs_from, pods_by_workload
+from calico_lite.policy_sync import PolicyController, node_tables
 from policy.compiler import compile_ruleset
-from policy.nat import nat_chain, nat_sets, nat_state, with_nat
 from policy.manifests import policy_to_dict
 from policy.model import LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, Pod
 from tests.nft_node import assert_equal_tables, nft_nodes
@@ -87,9 +86,10 @@ def oracle(cache):
 
 
 def full_table(cache):
-    """The oracle with NAT outgoing from the same datastore: the controller's whole table."""
-    state = nat_state(*nat_inputs(cache.items(keys.POOLS), cache.items(keys.NODES)))
-    return with_nat(oracle(cache), nat_sets(state), nat_chain())
+    """The oracle with NAT outgoing and host protection from the same datastore: the
+    controller's whole table."""
+    pods = pods_by_workload(cache.items(keys.K8S_PODS), cache.items(keys.WORKLOADS), NODE)
+    return node_tables(oracle(cache), cache.items, NODE, pods)[0]
 
 
 _SEL = LabelSelector.of
@@ -166,3 +166,32 @@ def test_a_pool_flag_or_a_new_node_changes_nat_elements_in_an_incremental_update
     assert status["nat"]["nodeSubnets"] == ["10.99.1.0/24", "10.99.2.0/24"]
     full_node.call(full_node.applier.sync, full_table(cache))
     assert_equal_tables(ctl_node, full_node, "a pool's flag and a new node")
+
+
+def test_a_node_setting_changes_host_protection_in_an_incremental_update(store, netns_nodes):
+    ds, cache = store
+    ctl_node, full_node = netns_nodes
+    ds.delete_prefix(keys.ROOT)
+    write(ds, ("pod", 1, Pod("a", "pod1", "10.240.0.1", {"app": "x"}, [], "cali1", NODE)))
+    ds.put(keys.workload("any", "h2"), {"namespace": "a", "pod": "pod2", "ip": "10.240.0.2",
+                                         "node": NODE, "host_ifname": "cali2", "mac": "02:00:00:00:00:02"})
+    ctl = PolicyController(cache, NODE, [NODE_IP])
+    ctl.applier = ctl_node.applier
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    assert status["hostProtection"] == {"action": "drop", "allow": ["tcp:53", "udp:53", "udp:67"],
+                                        "default": True}
+    ds.put(keys.node_config(NODE), {"workloadToHostAllow": ["tcp:22", "tcp:20-23"],
+                                    "workloadToHostAction": "accept"})
+    ds.put(keys.node_config("another-node"), {"workloadToHostAllow": []})   # not ours
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    assert status["mode"] == "update" and status["error"] == "", status
+    assert status["hostProtection"] == {"action": "accept", "allow": ["tcp:20-23"], "default": False}
+    full_node.call(full_node.applier.sync, full_table(cache))
+    assert_equal_tables(ctl_node, full_node, "a node's host protection setting")
+    arp = ctl_node.call(lambda: ctl.arp_applier.applied)
+    assert arp.sets["pod_if_addr"].elements == {'"cali1" . 10.240.0.1', '"cali2" . 10.240.0.2'}
+    assert arp.sets["pod_if_mac"].elements == {'"cali2" . 02:00:00:00:00:02'}   # cali1: no MAC recorded
+    ds.put(keys.node_config(NODE), {"workloadToHostAllow": "tcp:99999"})   # a broken record
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    assert status["hostProtection"]["action"] == "drop" and status["hostProtection"]["default"]
+    assert "tcp:99999" in status["hostProtection"]["problem"]
