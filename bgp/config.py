@@ -9,6 +9,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bfd import BfdConfig
+
 
 @dataclass(frozen=True)
 class PeerConfig:
@@ -23,6 +25,8 @@ class PeerConfig:
     route_reflector_client: bool = False   # we reflect to it (only if we have a cluster_id)
     # import limit (bgp.imports; 0: its default); ours, not ExaBGP's: a change reloads nothing
     max_prefixes: int = field(default=0, compare=False)
+    # BFD with this peer (bgp.bfd; None: off); ours too, not ExaBGP's: a change reloads nothing
+    bfd: BfdConfig | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class SpeakerConfig:
             except ValueError as e:
                 raise ValueError(f"SpeakerConfig.cluster_id: {self.cluster_id!r} is not an "
                                  "IPv4 address") from e
+
+
+def bfd_peers(cfg: SpeakerConfig) -> dict[str, BfdConfig]:
+    """peer address -> its BFD settings, for the peers that have BFD."""
+    return {p.address: p.bfd for p in cfg.peers if p.bfd is not None}
 
 
 PROCESS_NAME = "calico-lite-relay"

@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bgp.bfd import BfdConfig
 from bgp.config import PeerConfig, SpeakerConfig
 from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
@@ -82,6 +83,7 @@ class BgpPeer:
     password_secret: str = ""
     hold_time: int = 0             # 0: the global hold time
     max_prefixes: int = 0          # 0: the global limit
+    bfd: BfdConfig | None = None   # BFD with this peer (bgp.bfd), off when None
 
     def __post_init__(self) -> None:
         if bool(self.peer_ip) == bool(self.peer_selector):
@@ -103,13 +105,24 @@ class BgpPeer:
                    node_selector=d.get("nodeSelector", "all()"),
                    peer_selector=d.get("peerSelector", ""), node=d.get("node", ""),
                    password_secret=d.get("passwordSecret", ""), hold_time=int(d.get("holdTime", 0)),
-                   max_prefixes=int(d.get("maxPrefixes", 0)))
+                   max_prefixes=int(d.get("maxPrefixes", 0)),
+                   bfd=bfd_from(d.get("bfd")))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "peerIP": self.peer_ip, "asNumber": self.as_number,
                 "nodeSelector": self.node_selector, "peerSelector": self.peer_selector,
                 "node": self.node, "passwordSecret": self.password_secret,
-                "holdTime": self.hold_time, "maxPrefixes": self.max_prefixes}
+                "holdTime": self.hold_time, "maxPrefixes": self.max_prefixes,
+                **({"bfd": {"intervalMs": self.bfd.interval_ms, "multiplier": self.bfd.multiplier}}
+                   if self.bfd else {})}
+
+
+def bfd_from(d: Mapping | None) -> BfdConfig | None:
+    """A peer record's `bfd` ({intervalMs, multiplier}, absent or null: off)."""
+    if not d:
+        return None
+    return BfdConfig(interval_ms=int(d.get("intervalMs", BfdConfig.interval_ms)),
+                     multiplier=int(d.get("multiplier", BfdConfig.multiplier)))
 
 
 @dataclass(frozen=True)
@@ -213,7 +226,7 @@ class _PeerChoice:
                 if o.name != self.node and o.address and pick(o)]
 
     def add(self, address: str, asn: int, hold: int, password: str | None,
-            description: str, max_prefixes: int = 0) -> None:
+            description: str, max_prefixes: int = 0, bfd: BfdConfig | None = None) -> None:
         if address == self.local_address or not address:
             return
         other = next((n for n in self.nodes.values() if n.address == address), None)
@@ -223,7 +236,8 @@ class _PeerChoice:
                                            hold_time=hold or self.g.hold_time,
                                            md5_password=password, description=description,
                                            route_reflector_client=client,
-                                           max_prefixes=max_prefixes or self.g.max_prefixes)
+                                           max_prefixes=max_prefixes or self.g.max_prefixes,
+                                           bfd=bfd)
 
     def add_peer(self, p: BgpPeer, secrets: Mapping[str, str]) -> None:
         """One BGPPeer record: peer back if its peer selector picks this node, then peer
@@ -243,7 +257,7 @@ class _PeerChoice:
                 for other in self.others(picks):
                     if other.address not in self.by_addr:   # an address chosen already stays
                         self.add(other.address, self.node_as(other), p.hold_time, password,
-                                 f"peer {p.name} ({other.name})", p.max_prefixes)
+                                 f"peer {p.name} ({other.name})", p.max_prefixes, p.bfd)
         if not selected:
             return
         password = None
@@ -255,12 +269,12 @@ class _PeerChoice:
                 return
         if p.peer_ip:
             self.add(p.peer_ip, p.as_number, p.hold_time, password, f"peer {p.name}",
-                     p.max_prefixes)
+                     p.max_prefixes, p.bfd)
             return
         sel = parse_selector(p.peer_selector)
         for other in self.others(lambda o: sel.matches(o.labels)):
             self.add(other.address, self.node_as(other), p.hold_time, password,
-                     f"peer {p.name} ({other.name})", p.max_prefixes)
+                     f"peer {p.name} ({other.name})", p.max_prefixes, p.bfd)
 
 
 def secrets_from(items: Mapping[str, Mapping]) -> dict[str, str]:

@@ -6,9 +6,11 @@ to an agent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
+from bgp.bfd import BfdConfig
 from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
 from calico_lite.bgpconfig import SERVICE_FIELDS, BgpGlobal, BgpPeer
@@ -98,6 +100,21 @@ def cmd_config_get(args) -> int:
 
 
 # --- bgp peer --------------------------------------------------------------------------
+BFD_ARGS = (arg("--bfd-interval", type=int, metavar="MS",
+                help=f"BFD TX and RX interval (default {BfdConfig.interval_ms} ms)"),
+            arg("--bfd-multiplier", type=int, metavar="N",
+                help=f"BFD detect multiplier (default {BfdConfig.multiplier})"))
+
+
+def _bfd(on: bool, args, cur: BfdConfig | None) -> BfdConfig | None:
+    """The peer's BFD settings from --bfd/--bfd-interval/--bfd-multiplier over `cur`."""
+    if not on:
+        return None
+    base = cur or BfdConfig()
+    return BfdConfig(interval_ms=args.bfd_interval or base.interval_ms,
+                     multiplier=args.bfd_multiplier or base.multiplier)
+
+
 @PEER.command("add", arg("name"), arg("--peer-ip"), arg("--as", dest="asn", type=int),
               arg("--peer-selector", help="peer with the nodes this selects (e.g. route reflectors)"),
               arg("--node-selector", default="all()", help="which nodes have this peer"),
@@ -106,12 +123,16 @@ def cmd_config_get(args) -> int:
               arg("--hold-time", type=int),
               arg("--max-prefixes", type=int, metavar="N",
                   help="prefixes accepted from this peer (default: the global setting)"),
+              arg("--bfd", action="store_true",
+                  help="BFD with this peer: a silent peer is torn down in interval x multiplier"),
+              *BFD_ARGS,
               arg("--replace", action="store_true", help="overwrite a peer of that name"))
 def cmd_peer_add(args) -> int:
     peer = BgpPeer(name=args.name, peer_ip=args.peer_ip or "", as_number=args.asn or 0,
                    node_selector=args.node_selector, peer_selector=args.peer_selector or "",
                    node=args.node or "", password_secret=args.password_secret or "",
-                   hold_time=args.hold_time or 0, max_prefixes=args.max_prefixes or 0)
+                   hold_time=args.hold_time or 0, max_prefixes=args.max_prefixes or 0,
+                   bfd=_bfd(args.bfd, args, None))
     ds = datastore(args)
     if peer.password_secret and ds.get(keys.bgp_secret(peer.password_secret)) is None:
         print(f"warning: secret {peer.password_secret} does not exist yet "
@@ -130,8 +151,28 @@ def describe_peer(d: dict) -> str:
     scope = f"node {d['node']}" if d.get("node") else f"nodes matching {d.get('nodeSelector', 'all()')!r}"
     extra = "".join([f", password from secret {d['passwordSecret']}" if d.get("passwordSecret") else "",
                      f", hold time {d['holdTime']} s" if d.get("holdTime") else "",
-                     f", max {d['maxPrefixes']} prefixes" if d.get("maxPrefixes") else ""])
+                     f", max {d['maxPrefixes']} prefixes" if d.get("maxPrefixes") else "",
+                     f", BFD {d['bfd']['intervalMs']} ms x {d['bfd']['multiplier']}"
+                     if d.get("bfd") else ""])
     return f"{target}, for {scope}{extra}"
+
+
+@PEER.command("set", arg("name"),
+              arg("--bfd", type=_on_off, metavar="on|off", help="BFD with this peer"), *BFD_ARGS)
+def cmd_peer_set(args) -> int:
+    """Change a peer's BFD settings in place; agents apply it without a restart."""
+    ds = datastore(args)
+    e = ds.get(keys.bgp_peer(args.name))
+    if e is None:
+        raise LookupError(f"BGP peer {args.name} does not exist")
+    peer = BgpPeer.from_dict(e.value)
+    on = args.bfd if args.bfd is not None else (peer.bfd is not None or bool(
+        args.bfd_interval or args.bfd_multiplier))
+    peer = dataclasses.replace(peer, bfd=_bfd(on, args, peer.bfd))
+    ds.put(keys.bgp_peer(peer.name), {**e.value, **peer.to_dict()} if peer.bfd else
+           {k: v for k, v in {**e.value, **peer.to_dict()}.items() if k != "bfd"})
+    print(f"BGP peer {peer.name}: {describe_peer(peer.to_dict())}")
+    return 0
 
 
 @PEER.command("list", arg("--json", action="store_true"))
