@@ -16,6 +16,7 @@ from calico_lite import keys
 from calico_lite.etcd_tls import EtcdTls
 from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import plumbing as pl
+from calico_lite.lab.bgp_records import LAB_BFD
 from calico_lite.lab.frr import FrrRouter, render_frr_config
 from calico_lite.lab.pki import EtcdFiles
 from calico_lite.lab.plan import (ETCD_IP, OUTSIDE_IP, SPINE_AS, SPINE_CP_IP,
@@ -157,7 +158,8 @@ def start_routers(plan: LabPlan, store: StateStore) -> None:
         listen = [(t.subnet, "external")] if plan.bgp == "tor" else []
         routers.append((t.name, t.netns, render_frr_config(
             t.name, t.asn, t.uplink_ip, neighbors=[(t.spine_ip, SPINE_AS)],
-            listen_ranges=listen, hold_time=9, keepalive=3)))
+            listen_ranges=listen, hold_time=9, keepalive=3, bfd_neighbors=(),
+            bfd=(LAB_BFD.interval_ms, LAB_BFD.multiplier) if plan.bfd and listen else None)))
     for name, ns, conf in routers:
         r = FrrRouter(ns, store.dir / "frr" / name, conf)
         r.start()

@@ -49,6 +49,7 @@ def render_frr_config(
     peer_group: str = "NODES",
     extra: str = "",
     bfd: tuple[int, int] | None = None,
+    bfd_neighbors: Sequence[str] | None = None,
 ) -> str:
     """Render an frr.conf for one eBGP/iBGP router. One function because it is a template:
     the lines appear in the order frr.conf has them, so it reads like the file it writes.
@@ -57,8 +58,9 @@ def render_frr_config(
     Dynamic neighbours: FRR silently drops `bgp listen range … peer-group G` unless the
     peer group and its remote-as were declared first, so they are written before it. Each
     listen range gets its own peer group (G, G2, G3 …) so ranges may carry different ASNs.
-    bfd (interval ms, multiplier): a BFD profile of that name for every neighbour and peer
-    group (FRR then needs bfdd, which FrrRouter starts).
+    bfd (interval ms, multiplier): a BFD profile named after the peer group, for every peer
+    group and the neighbours in bfd_neighbors (None: all of them); FRR then needs bfdd,
+    which FrrRouter starts.
     """
     lines = [f"hostname {hostname}"]
     if log_file:
@@ -93,7 +95,8 @@ def render_frr_config(
     for address, remote in neighbors:
         lines.append(f" neighbor {address} remote-as {remote}")
     if bfd is not None:
-        for name in [g[0] for g in groups] + [a for a, _ in neighbors]:
+        chosen = [a for a, _ in neighbors] if bfd_neighbors is None else list(bfd_neighbors)
+        for name in [g[0] for g in groups] + chosen:
             lines += [f" neighbor {name} bfd", f" neighbor {name} bfd profile {peer_group}"]
     lines.append(" !")
     lines.append(" address-family ipv4 unicast")
