@@ -56,12 +56,15 @@ class BfdRunner:
 
     # -- what the Speaker calls ------------------------------------------------------------
     def update(self, peers: Mapping[str, BfdConfig]) -> None:
-        """Make the sessions those of `peers` (new ones start Down, removed ones are closed,
-        changed intervals go through a Poll Sequence)."""
+        """Make the sessions those of `peers` (new ones start Down, removed ones say AdminDown
+        and are closed, changed intervals go through a Poll Sequence)."""
         now = time.monotonic()
         with self._lock:
             for peer in [p for p in self._sessions if p not in peers]:
-                del self._sessions[peer]
+                s = self._sessions.pop(peer)
+                s.admin_down(now, time.time())   # so the peer does not take it for a failure
+                s.next_tx = now
+                self._send_due(peer, s, now)
                 self._tx.pop(peer).close()
                 log.info("bfd session %s removed", peer)
             for peer, cfg in peers.items():

@@ -32,7 +32,10 @@ def bgp_records(plan: LabPlan) -> dict[str, dict]:
     out[keys.BGP_CONFIG] = BgpGlobal(as_number=MESH_AS, mesh=mesh, hold_time=LAB_HOLD_TIME).to_dict()
     if plan.bgp == "tor":
         for n in plan.nodes:
-            out[keys.bgp_node(n.name)] = {"name": n.name, "asNumber": n.asn}
+            # the rack label is the Kubernetes Node's too; here it also serves labs without
+            # Kubernetes (`lab up --no-kubernetes`), whose nodes have no Node object
+            out[keys.bgp_node(n.name)] = {"name": n.name, "asNumber": n.asn,
+                                          "labels": {"rack": f"rack{n.rack}"}}
         for t in plan.tors:
             p = BgpPeer(name=f"tor-rack{t.rack}", peer_ip=t.segment_ip, as_number=t.asn,
                         node_selector=f'rack == "rack{t.rack}"',
