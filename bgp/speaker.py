@@ -43,6 +43,7 @@ from .bfd_runner import BfdRunner
 from .config import PeerConfig, SpeakerConfig, bfd_peers
 from .connection import UNIX_PATH_MAX, RelayConnection
 from .exabgp import ExaBGP, is_relay, kill_wait
+from .messages import NeighborList, PeerStateChange
 from .model import LearnedPath, PeerState
 from .session import BgpState, Changes
 
@@ -88,6 +89,8 @@ class Speaker:
         self.config_path = self._process.config_path
         self._bfd = BfdRunner(cfg.local_address, self._bfd_transition)
         self.bfd_downs: dict[str, int] = {}   # peer -> BGP sessions BFD took down
+        self._bfd_started: set[str] = set()   # peers whose BGP session was Established
+        self._bfd_off = False                 # stopping or detached: no session restarts
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -99,6 +102,7 @@ class Speaker:
                                f"> {UNIX_PATH_MAX}): {self.socket_path}")
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lock:
+            self._bfd_off = False
             adopted = self._process.prepare(self._state.cfg)
             self._state.start(adopted)   # not synced until the relay is back and told us
         self._relay.listen()
@@ -107,7 +111,7 @@ class Speaker:
         except TimeoutError as e:
             self.stop()
             raise SpeakerError(str(e)) from None
-        self._bfd.update(bfd_peers(self.cfg))
+        self._update_bfd(self.cfg)
         log.info("bgp speaker started pid=%s workdir=%s peers=%s", self.exabgp_pid,
                  self.workdir, [p.address for p in self.cfg.peers])
 
@@ -116,6 +120,8 @@ class Speaker:
         stop_timeout), its relay, and the socket. Learned state is dropped. The explicit
         withdrawal matters with graceful restart: ExaBGP then closes its sessions without a
         NOTIFICATION, and the peers would keep our routes for the restart time."""
+        with self._lock:
+            self._bfd_off = True
         self._bfd.stop()
         self._withdraw_all()
         with self._lock:
@@ -136,6 +142,7 @@ class Speaker:
         never notice). Learned state is kept in memory and nobody is notified."""
         with self._lock:
             self._state.closing = True
+            self._bfd_off = True
         self._bfd.stop()   # AdminDown: the peers' BFD must not take our restart for a failure
         self._process.detach()
         self._relay.close(self.stop_timeout + 2)
@@ -237,6 +244,8 @@ class Speaker:
         changed = False
         for event in events:
             changed |= self._apply(self._state.handle(event))
+        if any(isinstance(e, (PeerStateChange, NeighborList)) for e in events):
+            self._update_bfd(self.cfg)
         return changed
 
     def _apply(self, changes: Changes) -> bool:
@@ -262,10 +271,21 @@ class Speaker:
             self._notify()
 
     def _update_bfd(self, cfg: SpeakerConfig) -> None:
+        """BFD runs with the peers that have it, from their first Established BGP session
+        on, as FRR's bgpd registers its own: FRR resets a BFD session that was Up before
+        BGP came up, and takes BGP down with it. Once started it stays while configured."""
+        wanted = bfd_peers(cfg)
+        with self._lock:
+            if self._bfd_off:   # stop()/detach(): the sessions said AdminDown
+                return
+            up = {p.address for p in self._state.peers() if p.state == "Established"}
+        if self._process.adopted:   # an agent restart: those sessions were up before
+            up |= set(wanted)
+        self._bfd_started = (self._bfd_started | up) & set(wanted)
         if cfg.local_address != self._bfd.local_address:
             self._bfd.stop()
             self._bfd = BfdRunner(cfg.local_address, self._bfd_transition)
-        self._bfd.update(bfd_peers(cfg))
+        self._bfd.update({a: c for a, c in wanted.items() if a in self._bfd_started})
 
     def _bfd_transition(self, t: Transition) -> None:
         """From the BFD thread: an Up -> Down is a failure of the path to that peer."""
