@@ -44,7 +44,7 @@ def established(lab: str, address: str) -> int:
         "connectionsEstablished"]
 
 
-def test_lab_bfd_sessions_up_on_both_sides_and_an_agent_restart_does_not_flap_bgp():
+def test_lab_bfd_sessions_up_on_both_sides_and_back_after_an_agent_restart():
     with running_lab(lab_name("bfd"), "--bfd", "--no-kubernetes", "--insecure-etcd",
                      "--racks", "1", "--nodes-per-rack", "2") as lab:
         wait_for(lambda: all_up(lab), "BFD Up on the ToR and on both nodes", 60, 0.2)
