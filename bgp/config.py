@@ -9,6 +9,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bfd import BfdConfig
+
 
 @dataclass(frozen=True)
 class PeerConfig:
@@ -27,6 +29,8 @@ class PeerConfig:
     communities: tuple[str, ...] = field(default=(), compare=False)
     large_communities: tuple[str, ...] = field(default=(), compare=False)
     filters: tuple[str, ...] = field(default=(), compare=False)   # BGPFilter names, in order
+    # BFD with this peer (bgp.bfd; None: off); ours too, not ExaBGP's: a change reloads nothing
+    bfd: BfdConfig | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,11 @@ class SpeakerConfig:
             except ValueError as e:
                 raise ValueError(f"SpeakerConfig.cluster_id: {self.cluster_id!r} is not an "
                                  "IPv4 address") from e
+
+
+def bfd_peers(cfg: SpeakerConfig) -> dict[str, BfdConfig]:
+    """peer address -> its BFD settings, for the peers that have BFD."""
+    return {p.address: p.bfd for p in cfg.peers if p.bfd is not None}
 
 
 PROCESS_NAME = "calico-lite-relay"

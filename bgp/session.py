@@ -44,6 +44,7 @@ log = logging.getLogger("bgp.session")
 
 RIB_DUMP = "show adj-rib in json"
 SHOW_NEIGHBORS = "show neighbor json"
+CEASE_BFD_DOWN = 10  # NOTIFICATION Cease subcode "BFD Down" (RFC 9384)
 STALE_SETTLE = 2.0   # s after a re-established session that its stale paths still count
 Paths = dict[str, LearnedPath]   # prefix -> path
 
@@ -94,6 +95,7 @@ class BgpState:
         self.reflected: dict[str, dict[str, Reflected]] = {}  # peer -> prefix -> sent
         self.stale: dict[str, StaleSession] = {}            # peer -> stale paths
         self.eor: set[str] = set()                          # End-of-RIB since (re)start
+        self.bfd_held: set[str] = set()   # BFD took these down: ignore updates until up
         now = wall_clock()
         self.sessions: dict[str, PeerState] = {
             p.address: PeerState(address=p.address, peer_as=p.peer_as, since=now)
@@ -158,12 +160,14 @@ class BgpState:
         changed one's paths stay while ExaBGP re-establishes it) or 'restart' (our
         address, port or listening changed: ExaBGP must be replaced)."""
         if cfg == self.cfg:
+            self.cfg = cfg    # what ExaBGP does not see (limits, BFD) may still differ
             return "unchanged"
         old, self.cfg = self.cfg, cfg
         wanted = {p.address for p in cfg.peers}
         for addr in [a for a in self.sessions if a not in wanted]:
             del self.sessions[addr]
             self.told.pop(addr, None)
+            self.bfd_held.discard(addr)
             self.learned_paths.pop(addr, None)
             self.reflected.pop(addr, None)
         before = {p.address: p for p in old.peers}
@@ -208,6 +212,25 @@ class BgpState:
         restart ExaBGP would otherwise just close, and the peers wait for us to come back."""
         return [f"neighbor {addr} teardown 2" for addr, s in self.sessions.items()
                 if s.state == "Established"]
+
+    def bfd_down(self, peer: str, reason: str) -> Changes:
+        """BFD declared the peer down: its paths go now, not after the hold time, and ExaBGP
+        tears the session down (it reconnects by itself once the peer answers again). Until
+        the session is Established again, updates ExaBGP still had queued are ignored."""
+        s = self.sessions.get(peer)
+        if s is None:
+            return self._done(False)
+        self.bfd_held.add(peer)
+        stale = self.stale.pop(peer, None)
+        changed = bool(self.learned_paths.pop(peer, None)) or bool(stale and stale.paths)
+        changed |= s.state != "Idle"
+        self.reflected.pop(peer, None)
+        self.sessions[peer] = replace(s, state="Idle", since=self.wall_clock(),
+                                      reason=f"bfd: {reason}")
+        self._send(f"neighbor {peer} teardown {CEASE_BFD_DOWN}")
+        if changed:
+            self._reflect()
+        return self._done(changed)
 
     def expire(self) -> Changes:
         """Drop stale paths whose grace time is over."""
@@ -260,7 +283,7 @@ class BgpState:
         changed = False
         for address, up in ev.peers:
             s = self.sessions.get(address)
-            if s is not None and up and s.state != "Established":
+            if s is not None and up and s.state != "Established" and address not in self.bfd_held:
                 self.sessions[address] = replace(s, state="Established", since=self.wall_clock())
                 changed = True
         if self.sync is SyncState.READ_BACK and any(up for _, up in ev.peers):
@@ -284,6 +307,7 @@ class BgpState:
             self.sessions[ev.peer] = replace(s, state=state, since=self.wall_clock(),
                                              reason=ev.reason if state == "Idle" else s.reason)
         if state == "Established":
+            self.bfd_held.discard(ev.peer)
             routes = self._plan().get(ev.peer, {})
             for p, attrs in routes.items():
                 self._send(f"neighbor {ev.peer} {route_command('announce', p, attrs)}")
@@ -308,7 +332,7 @@ class BgpState:
         return changed
 
     def _update(self, ev: Update) -> bool:
-        if ev.peer not in self.sessions:
+        if ev.peer not in self.sessions or ev.peer in self.bfd_held:
             return False
         paths = self.learned_paths.setdefault(ev.peer, {})
         r = self.stale.get(ev.peer)
@@ -427,6 +451,7 @@ class BgpState:
     def _reset(self, reason: str) -> bool:
         changed = any(self.learned_paths.values())
         self.learned_paths.clear()
+        self.bfd_held.clear()
         self.reflected = {}
         now = self.wall_clock()
         for addr, s in self.sessions.items():

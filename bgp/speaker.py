@@ -23,6 +23,9 @@ again.
   adopted ExaBGP's state being read back, or our restarted ExaBGP's peers not back yet);
   with `graceful_restart` set, ExaBGP advertises the capability, so peers keep our routes.
   (A ROUTE-REFRESH would not do for adoption: FRR 8.4 does not answer it with updates.)
+- BFD (`PeerConfig.bfd`, bgp.bfd_runner): when a peer's BFD session goes from Up to Down
+  its paths are dropped at once and ExaBGP tears the BGP session down (Cease, BFD Down);
+  ExaBGP reconnects by itself when the peer answers again.
 - Route reflection (`cluster_id` set): paths from iBGP peers are re-announced per RFC 4456
   (bgp.reflect), since ExaBGP has no RIB to reflect from.
 """
@@ -35,10 +38,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .config import PeerConfig, SpeakerConfig
+from .bfd import SessionStatus, Transition
+from .bfd_runner import BfdRunner
+from .config import PeerConfig, SpeakerConfig, bfd_peers
 from .connection import UNIX_PATH_MAX, RelayConnection
 from .exabgp import ExaBGP, is_relay, kill_wait
 from .export import ExportPolicy
+from .messages import NeighborList, PeerStateChange
 from .model import LearnedPath, PeerState
 from .session import BgpState, Changes
 
@@ -82,6 +88,10 @@ class Speaker:
                                       on_connect=self._relay_connected,
                                       on_events=self._events, notify=self._notify)
         self.config_path = self._process.config_path
+        self._bfd = BfdRunner(cfg.local_address, self._bfd_transition)
+        self.bfd_downs: dict[str, int] = {}   # peer -> BGP sessions BFD took down
+        self._bfd_started: set[str] = set()   # peers whose BGP session was Established
+        self._bfd_off = False                 # stopping or detached: no session restarts
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -93,6 +103,7 @@ class Speaker:
                                f"> {UNIX_PATH_MAX}): {self.socket_path}")
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lock:
+            self._bfd_off = False
             adopted = self._process.prepare(self._state.cfg)
             self._state.start(adopted)   # not synced until the relay is back and told us
         self._relay.listen()
@@ -101,6 +112,7 @@ class Speaker:
         except TimeoutError as e:
             self.stop()
             raise SpeakerError(str(e)) from None
+        self._update_bfd(self.cfg)
         log.info("bgp speaker started pid=%s workdir=%s peers=%s", self.exabgp_pid,
                  self.workdir, [p.address for p in self.cfg.peers])
 
@@ -109,6 +121,9 @@ class Speaker:
         stop_timeout), its relay, and the socket. Learned state is dropped. The explicit
         withdrawal matters with graceful restart: ExaBGP then closes its sessions without a
         NOTIFICATION, and the peers would keep our routes for the restart time."""
+        with self._lock:
+            self._bfd_off = True
+        self._bfd.stop()
         self._withdraw_all()
         with self._lock:
             self._state.closing = True
@@ -128,6 +143,8 @@ class Speaker:
         never notice). Learned state is kept in memory and nobody is notified."""
         with self._lock:
             self._state.closing = True
+            self._bfd_off = True
+        self._bfd.stop()   # AdminDown: the peers' BFD must not take our restart for a failure
         self._process.detach()
         self._relay.close(self.stop_timeout + 2)
         log.info("bgp speaker detached; exabgp pid=%s keeps running", self.exabgp_pid)
@@ -137,6 +154,8 @@ class Speaker:
         (SIGUSR1: peers added or removed, changed peers re-established, the others keep
         their sessions) or 'restarted' (our address, port or listening changed: a new
         ExaBGP, with our kernel routes kept until it has re-learned them)."""
+        if self._process.running:
+            self._update_bfd(cfg)
         with self._lock:
             how = self._state.reconfigure(cfg)
             if how == "unchanged" or not self._process.running:
@@ -186,6 +205,10 @@ class Speaker:
         with self._lock:
             return self._state.peers()
 
+    def bfd_status(self) -> list[SessionStatus]:
+        """Each BFD session (state, discriminators, intervals, last down reason, flaps)."""
+        return self._bfd.status()
+
     @property
     def cfg(self) -> SpeakerConfig:
         return self._state.cfg
@@ -223,6 +246,8 @@ class Speaker:
         changed = False
         for event in events:
             changed |= self._apply(self._state.handle(event))
+        if any(isinstance(e, (PeerStateChange, NeighborList)) for e in events):
+            self._update_bfd(self.cfg)
         return changed
 
     def _apply(self, changes: Changes) -> bool:
@@ -245,6 +270,36 @@ class Speaker:
             self._relay.drop()
             changed = self._state.exabgp_exited(reason).changed
         if changed:
+            self._notify()
+
+    def _update_bfd(self, cfg: SpeakerConfig) -> None:
+        """BFD runs with the peers that have it, from their first Established BGP session
+        on, as FRR's bgpd registers its own: FRR resets a BFD session that was Up before
+        BGP came up, and takes BGP down with it. Once started it stays while configured."""
+        wanted = bfd_peers(cfg)
+        with self._lock:
+            if self._bfd_off:   # stop()/detach(): the sessions said AdminDown
+                return
+            up = {p.address for p in self._state.peers() if p.state == "Established"}
+        if self._process.adopted:   # an agent restart: those sessions were up before
+            up |= set(wanted)
+        self._bfd_started = (self._bfd_started | up) & set(wanted)
+        if cfg.local_address != self._bfd.local_address:
+            self._bfd.stop()
+            self._bfd = BfdRunner(cfg.local_address, self._bfd_transition)
+        self._bfd.update({a: c for a, c in wanted.items() if a in self._bfd_started})
+
+    def _bfd_transition(self, t: Transition) -> None:
+        """From the BFD thread: an Up -> Down is a failure of the path to that peer."""
+        if not t.failure:
+            return
+        with self._lock:
+            changes = self._state.bfd_down(t.peer, t.diag.text)
+            self._relay.send(changes.commands)
+            self.bfd_downs[t.peer] = self.bfd_downs.get(t.peer, 0) + 1
+        log.warning("bgp peer %s down by bfd (%s): session torn down, its routes withdrawn",
+                    t.peer, t.diag.text)
+        if changes.changed:
             self._notify()
 
     def _withdraw_all(self, timeout: float = 1.0) -> None:

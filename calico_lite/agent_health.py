@@ -81,4 +81,5 @@ def instrument(agent: "NodeAgent", metrics: AgentMetrics, beats: Heartbeats) -> 
     metrics.registry.register(NodeStateCollector(
         usage=lambda: ipam_usage(agent.cache.items(keys.AFFINITIES),
                                  agent.cache.items(keys.HANDLES), node),
-        peers=lambda: agent.routing.speaker.peers()))
+        peers=lambda: agent.routing.speaker.peers(),
+        bfd=lambda: (agent.routing.speaker.bfd_status(), dict(agent.routing.speaker.bfd_downs))))

@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bgp.bfd import BfdConfig
 from bgp.config import PeerConfig, SpeakerConfig
 from bgp.export import parse_community, parse_large_community
 from bgp.imports import DEFAULT_MAX_PREFIXES
@@ -88,6 +89,7 @@ class BgpPeer:
     communities: tuple[str, ...] = ()
     large_communities: tuple[str, ...] = ()
     filters: tuple[str, ...] = ()
+    bfd: BfdConfig | None = None   # BFD with this peer (bgp.bfd), off when None
 
     def __post_init__(self) -> None:
         if bool(self.peer_ip) == bool(self.peer_selector):
@@ -118,7 +120,8 @@ class BgpPeer:
                    max_prefixes=int(d.get("maxPrefixes", 0)),
                    communities=tuple(d.get("communities") or ()),
                    large_communities=tuple(d.get("largeCommunities") or ()),
-                   filters=tuple(d.get("filters") or ()))
+                   filters=tuple(d.get("filters") or ()),
+                   bfd=bfd_from(d.get("bfd")))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "peerIP": self.peer_ip, "asNumber": self.as_number,
@@ -126,7 +129,17 @@ class BgpPeer:
                 "node": self.node, "passwordSecret": self.password_secret,
                 "holdTime": self.hold_time, "maxPrefixes": self.max_prefixes,
                 "communities": list(self.communities),
-                "largeCommunities": list(self.large_communities), "filters": list(self.filters)}
+                "largeCommunities": list(self.large_communities), "filters": list(self.filters),
+                **({"bfd": {"intervalMs": self.bfd.interval_ms, "multiplier": self.bfd.multiplier}}
+                   if self.bfd else {})}
+
+
+def bfd_from(d: Mapping | None) -> BfdConfig | None:
+    """A peer record's `bfd` ({intervalMs, multiplier}, absent or null: off)."""
+    if not d:
+        return None
+    return BfdConfig(interval_ms=int(d.get("intervalMs", BfdConfig.interval_ms)),
+                     multiplier=int(d.get("multiplier", BfdConfig.multiplier)))
 
 
 @dataclass(frozen=True)
@@ -282,11 +295,11 @@ class _PeerChoice:
 
 
 def _export_fields(p: BgpPeer | None) -> dict:
-    """A peer record's communities and filter names, as PeerConfig carries them."""
+    """A peer record's communities, filter names and BFD, as PeerConfig carries them."""
     if p is None:
         return {}
     return {"communities": p.communities, "large_communities": p.large_communities,
-            "filters": p.filters}
+            "filters": p.filters, "bfd": p.bfd}
 
 
 def secrets_from(items: Mapping[str, Mapping]) -> dict[str, str]:

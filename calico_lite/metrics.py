@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from calico_lite import keys
@@ -139,12 +139,31 @@ def bgp_families(peers: Iterable) -> list[GaugeMetricFamily]:
     return [sessions, received, sent]
 
 
-class NodeStateCollector(Collector):
-    """Reads the agent's present state at each scrape: IPAM usage and BGP sessions."""
+def bfd_families(sessions: Iterable, downs: dict[str, int]) -> list:
+    """BFD sessions by state (bgp.bfd.SessionStatus list), and per peer the BGP sessions
+    BFD took down (the Speaker's bfd_downs)."""
+    states = GaugeMetricFamily(PREFIX + "bfd_sessions", "BFD sessions by state", labels=["state"])
+    counts = {s: 0 for s in ("AdminDown", "Down", "Init", "Up")}
+    for s in sessions:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    for state, n in counts.items():
+        states.add_metric([state], n)
+    down = CounterMetricFamily(PREFIX + "bfd_session_down",
+                               "BGP sessions torn down because BFD declared the peer down",
+                               labels=["peer"])
+    for peer, n in sorted(downs.items()):
+        down.add_metric([peer], n)
+    return [states, down]
 
-    def __init__(self, usage: Callable[[], IpamUsage], peers: Callable[[], list]):
+
+class NodeStateCollector(Collector):
+    """Reads the agent's present state at each scrape: IPAM usage, BGP and BFD sessions."""
+
+    def __init__(self, usage: Callable[[], IpamUsage], peers: Callable[[], list],
+                 bfd: Callable[[], tuple[list, dict[str, int]]] = lambda: ([], {})):
         self.usage = usage
         self.peers = peers
+        self.bfd = bfd
 
     def describe(self):
         return []   # names are only known per scrape (per-peer labels); skip auto-describe
@@ -158,3 +177,4 @@ class NodeStateCollector(Collector):
         yield GaugeMetricFamily(PREFIX + "ipam_blocks_in_use", "Blocks affine to this node",
                                 value=u.blocks)
         yield from bgp_families(self.peers())
+        yield from bfd_families(*self.bfd())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bgp.export import ExportPolicy, announcements
+from bgp.config import bfd_peers
 from bgp.imports import DEFAULT_MAX_PREFIXES, ImportPolicy, Rejected, filter_imports
 from bgp.model import Failure, LearnedPath, Route
 from bgp.routes import RouteApplier, Skipped, desired_routes
@@ -215,7 +216,7 @@ class RoutingController:
         # limits are not compared by the speaker (a change reloads nothing): kept here
         self._max_prefixes = (tuple(cfg.peers), BgpGlobal.from_dict(glob).max_prefixes
                               if glob is not None else DEFAULT_MAX_PREFIXES)
-        if cfg != self.speaker.cfg:
+        if cfg != self.speaker.cfg or bfd_peers(cfg) != bfd_peers(self.speaker.cfg):
             how = self.speaker.reconfigure(cfg)
             log.info("bgp configuration changed: %s, peers %s", how,
                      [f"{p.address}/{p.peer_as}" for p in cfg.peers])
@@ -237,6 +238,7 @@ class RoutingController:
         """What `node status` shows: peers, own blocks, installed routes, skipped paths,
         and every route or tunnel that could not be programmed, with its reason."""
         return {"node": self.node, "peers": [asdict(p) for p in self.speaker.peers()],
+                "bfd": [asdict(b) for b in self.speaker.bfd_status()],
                 **route_status(own, plan, self._tunnel_state,
                                self.setup_failures + self._route_failures),
                 "services": [asdict(a) for a in self.services], **self._exports}
@@ -300,7 +302,9 @@ class RoutingController:
 
     def publish_status(self, own: frozenset[str], plan: RoutingPlan) -> None:
         status = self.status(own, plan)
-        comparable = {k: v for k, v in status.items() if k != "peers"}
+        comparable = {k: v for k, v in status.items() if k not in ("peers", "bfd")}
+        comparable["bfd"] = [(b["peer"], b["state"], b["remote_discr"], b["tx_ms"], b["rx_ms"],
+                              b["flaps"]) for b in status["bfd"]]
         comparable["peers"] = [(p["address"], p["state"], p["received"], p["sent"])
                                for p in status["peers"]]
         comparable["bgp"] = self._bgp_identity()

@@ -28,8 +28,11 @@ SUBNET = "10.99.1.0/24"
 
 # --------------------------------------------------------------------------- worker
 def _speaker_config(d: dict):
+    from bgp.bfd import BfdConfig
     from bgp.config import PeerConfig, SpeakerConfig
-    return SpeakerConfig(**{**d, "peers": [PeerConfig(**p) for p in d.get("peers", [])]})
+    return SpeakerConfig(**{**d, "peers": [
+        PeerConfig(**{**p, "bfd": BfdConfig(**p["bfd"]) if p.get("bfd") else None})
+        for p in d.get("peers", [])]})
 
 
 def worker_main(argv: list[str]) -> int:
@@ -106,6 +109,8 @@ def _answer(speaker, cmd: dict, sync) -> object:
                 for p, paths in speaker.learned().items()}
     elif op == "peers":
         return [vars(p) for p in speaker.peers()]
+    elif op == "bfd":
+        return {"sessions": [vars(s) for s in speaker.bfd_status()], "downs": speaker.bfd_downs}
     elif op == "pids":
         return {"exabgp": speaker.exabgp_pid, "relay": speaker.relay_pid,
                 "restarts": speaker.restarts, "adopted": speaker.adopted,
@@ -204,11 +209,13 @@ class Fabric:
         router.start()
         return router
 
-    def add_tor(self, name: str, address: str, asn: int = 65001) -> FrrRouter:
-        """An FRR ToR accepting any node of the segment (eBGP, hold time 9 s)."""
+    def add_tor(self, name: str, address: str, asn: int = 65001, hold_time: int = 9,
+                bfd: tuple[int, int] | None = None) -> FrrRouter:
+        """An FRR ToR accepting any node of the segment (eBGP, hold time 9 s; optionally
+        BFD with (interval ms, multiplier) for every node)."""
         return self.frr(name, address, render_frr_config(
-            name, asn, address, listen_ranges=[(SUBNET, "external")], hold_time=9,
-            log_file=str(self.frr_root / name / "frr.log")))
+            name, asn, address, listen_ranges=[(SUBNET, "external")], hold_time=hold_time,
+            log_file=str(self.frr_root / name / "frr.log"), bfd=bfd))
 
     def node(self, name: str, address: str, asn: int, block: str, peers: list[dict],
              start: bool = True, **cfg) -> Node:

@@ -12,6 +12,7 @@ import re
 import sys
 
 from bgp.filters import BgpFilter, FilterRule
+from bgp.bfd import BfdConfig
 from bgp.imports import DEFAULT_MAX_PREFIXES
 from calico_lite import keys
 from calico_lite.bgpconfig import SERVICE_FIELDS, BgpGlobal, BgpPeer
@@ -111,6 +112,20 @@ EXPORT_ARGS = (
     arg("--filter", action="append", metavar="NAME[,NAME]",
         help="BGP filters (`bgp filter add`) for this peer, in order ('' clears)"))
 
+BFD_ARGS = (arg("--bfd-interval", type=int, metavar="MS",
+                help=f"BFD TX and RX interval (default {BfdConfig.interval_ms} ms)"),
+            arg("--bfd-multiplier", type=int, metavar="N",
+                help=f"BFD detect multiplier (default {BfdConfig.multiplier})"))
+
+
+def _bfd(on: bool, args, cur: BfdConfig | None) -> BfdConfig | None:
+    """The peer's BFD settings from --bfd/--bfd-interval/--bfd-multiplier over `cur`."""
+    if not on:
+        return None
+    base = cur or BfdConfig()
+    return BfdConfig(interval_ms=args.bfd_interval or base.interval_ms,
+                     multiplier=args.bfd_multiplier or base.multiplier)
+
 
 @PEER.command("add", arg("name"), arg("--peer-ip"), arg("--as", dest="asn", type=int),
               arg("--peer-selector", help="peer with the nodes this selects (e.g. route reflectors)"),
@@ -121,13 +136,16 @@ EXPORT_ARGS = (
               arg("--max-prefixes", type=int, metavar="N",
                   help="prefixes accepted from this peer (default: the global setting)"),
               *EXPORT_ARGS,
+              arg("--bfd", action="store_true",
+                  help="BFD with this peer: a silent peer is torn down in interval x multiplier"),
+              *BFD_ARGS,
               arg("--replace", action="store_true", help="overwrite a peer of that name"))
 def cmd_peer_add(args) -> int:
     peer = BgpPeer(name=args.name, peer_ip=args.peer_ip or "", as_number=args.asn or 0,
                    node_selector=args.node_selector, peer_selector=args.peer_selector or "",
                    node=args.node or "", password_secret=args.password_secret or "",
                    hold_time=args.hold_time or 0, max_prefixes=args.max_prefixes or 0,
-                   **_export_options(args, None))
+                   bfd=_bfd(args.bfd, args, None), **_export_options(args, None))
     ds = datastore(args)
     _check_filters(ds, peer)
     if peer.password_secret and ds.get(keys.bgp_secret(peer.password_secret)) is None:
@@ -160,7 +178,9 @@ def _check_filters(ds, peer: BgpPeer) -> None:
 
 
 @PEER.command("set", arg("peer", help="the peer's name or its peer IP"), *EXPORT_ARGS,
-              help="change a peer's communities and filters; every node applies it live")
+              arg("--bfd", type=_on_off, metavar="on|off", help="BFD with this peer"), *BFD_ARGS,
+              help="change a peer's communities, filters and BFD; every node applies it live "
+                   "(BGP is not re-established)")
 def cmd_peer_set(args) -> int:
     ds = datastore(args)
     entry = ds.get(keys.bgp_peer(args.peer)) or next(
@@ -168,9 +188,14 @@ def cmd_peer_set(args) -> int:
     if entry is None:
         raise LookupError(f"BGP peer {args.peer} does not exist (a name or a peer IP)")
     cur = BgpPeer.from_dict(entry.value)
-    peer = dataclasses.replace(cur, **_export_options(args, cur))
+    bfd_on = args.bfd if args.bfd is not None else (
+        cur.bfd is not None or bool(args.bfd_interval or args.bfd_multiplier))
+    peer = dataclasses.replace(cur, bfd=_bfd(bfd_on, args, cur.bfd), **_export_options(args, cur))
     _check_filters(ds, peer)
-    ds.put(entry.key, {**entry.value, **peer.to_dict()})
+    record = {**entry.value, **peer.to_dict()}
+    if peer.bfd is None:
+        record.pop("bfd", None)
+    ds.put(entry.key, record)
     print(f"BGP peer {peer.name}: {describe_peer(peer.to_dict())}")
     return 0
 
@@ -183,7 +208,9 @@ def describe_peer(d: dict) -> str:
                      f", hold time {d['holdTime']} s" if d.get("holdTime") else "",
                      f", max {d['maxPrefixes']} prefixes" if d.get("maxPrefixes") else "",
                      *(f", {k} {','.join(d[k])}" for k in ("communities", "largeCommunities",
-                                                           "filters") if d.get(k))])
+                                                           "filters") if d.get(k)),
+                     f", BFD {d['bfd']['intervalMs']} ms x {d['bfd']['multiplier']}"
+                     if d.get("bfd") else ""])
     return f"{target}, for {scope}{extra}"
 
 

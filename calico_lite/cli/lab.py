@@ -50,11 +50,15 @@ def parse_ports(items: list[str]) -> list[dict]:
              arg("--no-kubernetes", action="store_true",
                  help="no control plane: the agents run as plain processes with the DaemonSet's "
                       "argv, pods are made by the plain CNI path (no policies, no kubectl)"),
+             arg("--bfd", action="store_true",
+                 help="ToRs run BFD (bfdd) with their nodes, 100 ms x 3, and the nodes' ToR "
+                      "peers have BFD on (--bgp tor)"),
              help="build and start a lab")
 def cmd_lab_up(args) -> int:
     lab = _lab(args)
     lab.up(args.racks, args.nodes_per_rack, args.bgp, log=lambda m: print(m, file=sys.stderr),
-           encap=args.encap, etcd_tls=not args.insecure_etcd, kubernetes=not args.no_kubernetes)
+           encap=args.encap, etcd_tls=not args.insecure_etcd, kubernetes=not args.no_kubernetes,
+           bfd=args.bfd)
     print(format_lab_status(lab.status()))
     return 0
 

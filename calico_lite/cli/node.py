@@ -128,6 +128,14 @@ def _peer_row(p: dict, now: float) -> tuple[str, ...]:
             p["state"] if up or not p.get("reason") else f"{p['state']}: {p['reason']}")
 
 
+def _bfd_row(b: dict, now: float) -> tuple[str, ...]:
+    """One BFD session (bgp.bfd.SessionStatus as a dict)."""
+    return (b["peer"], b["state"], _uptime(b.get("since") or now, now), str(b["local_discr"]),
+            str(b["remote_discr"]), f"{b['tx_ms']:g} ms", f"{b['rx_ms']:g} ms",
+            f"{b['multiplier']}/{b['remote_multiplier']}", str(b["flaps"]),
+            f"bfd: {b['last_down']}" if b.get("last_down") else "-")
+
+
 def format_node_status(s: dict, now: float | None = None) -> str:
     """Like `calicoctl node status` (peer table), plus the node's blocks and routes."""
     now = time.time() if now is None else now
@@ -144,6 +152,11 @@ def format_node_status(s: dict, now: float | None = None) -> str:
     lines.append("  IPv4 BGP status")
     lines += boxed(("PEER ADDRESS", "PEER AS", "PEER TYPE", "STATE", "SINCE", "RECEIVED",
                    "SENT", "INFO"), [_peer_row(p, now) for p in s.get("peers", [])], "  ")
+    if s.get("bfd"):
+        lines.append("  BFD sessions")
+        lines += boxed(("PEER ADDRESS", "STATE", "SINCE", "LOCAL DISCR", "REMOTE DISCR", "TX",
+                        "RX", "MULT", "FLAPS", "LAST DOWN"),
+                       [_bfd_row(b, now) for b in s["bfd"]], "  ")
     lines.append(f"  blocks: {', '.join(s.get('blocks', [])) or '-'}")
     lines.append("  routes:")
     for r in s.get("routes", []):

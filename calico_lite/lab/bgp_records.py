@@ -12,12 +12,14 @@ the same path as a real cluster:
 """
 from __future__ import annotations
 
+from bgp.bfd import BfdConfig
 from calico_lite import keys
 from calico_lite.bgpconfig import RR_LABEL, BgpGlobal, BgpPeer
 from calico_lite.lab.plan import MESH_AS, LabPlan
 
 RR_CLUSTER_ID = "244.0.0.1"
 LAB_HOLD_TIME = 9
+LAB_BFD = BfdConfig(interval_ms=100, multiplier=3)   # `lab up --bfd`, as the ToRs' profile
 
 
 def route_reflectors(plan: LabPlan) -> list[str]:
@@ -30,10 +32,14 @@ def bgp_records(plan: LabPlan) -> dict[str, dict]:
     out[keys.BGP_CONFIG] = BgpGlobal(as_number=MESH_AS, mesh=mesh, hold_time=LAB_HOLD_TIME).to_dict()
     if plan.bgp == "tor":
         for n in plan.nodes:
-            out[keys.bgp_node(n.name)] = {"name": n.name, "asNumber": n.asn}
+            # the rack label is the Kubernetes Node's too; here it also serves labs without
+            # Kubernetes (`lab up --no-kubernetes`), whose nodes have no Node object
+            out[keys.bgp_node(n.name)] = {"name": n.name, "asNumber": n.asn,
+                                          "labels": {"rack": f"rack{n.rack}"}}
         for t in plan.tors:
             p = BgpPeer(name=f"tor-rack{t.rack}", peer_ip=t.segment_ip, as_number=t.asn,
-                        node_selector=f'rack == "rack{t.rack}"')
+                        node_selector=f'rack == "rack{t.rack}"',
+                        bfd=LAB_BFD if plan.bfd else None)
             out[keys.bgp_peer(p.name)] = p.to_dict()
     elif plan.bgp == "rr":
         for name in route_reflectors(plan):

@@ -16,6 +16,7 @@ from calico_lite import keys
 from calico_lite.etcd_tls import EtcdTls
 from calico_lite.ipam import DEFAULT_POOL
 from calico_lite.lab import plumbing as pl
+from calico_lite.lab.bgp_records import LAB_BFD
 from calico_lite.lab.frr import FrrRouter, render_frr_config
 from calico_lite.lab.pki import EtcdFiles
 from calico_lite.lab.plan import (ETCD_IP, OUTSIDE_IP, SPINE_AS, SPINE_CP_IP,
@@ -155,9 +156,17 @@ def start_routers(plan: LabPlan, store: StateStore) -> None:
     routers = [("spine", plan.spine_netns, spine_conf)]
     for t in plan.tors:
         listen = [(t.subnet, "external")] if plan.bgp == "tor" else []
+        nodes: list[tuple[str, int]] = []
+        bfd = (LAB_BFD.interval_ms, LAB_BFD.multiplier) if plan.bfd and listen else None
+        if bfd:
+            # FRR 8.4 does not give a dynamic (listen range) neighbour its BFD session back
+            # once BFD took it down and it returned: with BFD, the rack's nodes are explicit
+            nodes = [(n.address, n.asn) for n in plan.nodes if n.rack == t.rack]
+            listen = []
         routers.append((t.name, t.netns, render_frr_config(
-            t.name, t.asn, t.uplink_ip, neighbors=[(t.spine_ip, SPINE_AS)],
-            listen_ranges=listen, hold_time=9, keepalive=3)))
+            t.name, t.asn, t.uplink_ip, neighbors=[(t.spine_ip, SPINE_AS), *nodes],
+            listen_ranges=listen, hold_time=9, keepalive=3,
+            bfd_neighbors=[a for a, _ in nodes], bfd=bfd)))
     for name, ns, conf in routers:
         r = FrrRouter(ns, store.dir / "frr" / name, conf)
         r.start()

@@ -1,4 +1,4 @@
-"""FRR (zebra + bgpd) as a top-of-rack or spine router inside a network namespace.
+"""FRR (zebra + bgpd, + bfdd for peers with BFD) as a top-of-rack or spine router inside a network namespace.
 
 The lab and the BGP tests need a real BGP router to peer with. FRR runs here without
 systemd: each daemon is started with `ip netns exec NS`, with every file (config, PID,
@@ -22,6 +22,7 @@ from bgp.process import kill_pids, pid_alive
 
 FRR_LIB = Path("/usr/lib/frr")
 DAEMONS = ("zebra", "bgpd")
+BFD_DAEMON = "bfdd"      # started too when the config has a `neighbor X bfd`
 
 AsnSpec = int | str  # a number, or 'external' / 'internal' for FRR's remote-as keywords
 
@@ -47,6 +48,8 @@ def render_frr_config(
     log_file: str | None = None,
     peer_group: str = "NODES",
     extra: str = "",
+    bfd: tuple[int, int] | None = None,
+    bfd_neighbors: Sequence[str] | None = None,
 ) -> str:
     """Render an frr.conf for one eBGP/iBGP router. One function because it is a template:
     the lines appear in the order frr.conf has them, so it reads like the file it writes.
@@ -55,14 +58,20 @@ def render_frr_config(
     Dynamic neighbours: FRR silently drops `bgp listen range … peer-group G` unless the
     peer group and its remote-as were declared first, so they are written before it. Each
     listen range gets its own peer group (G, G2, G3 …) so ranges may carry different ASNs.
+    bfd (interval ms, multiplier): a BFD profile named after the peer group, for every peer
+    group and the neighbours in bfd_neighbors (None: all of them); FRR then needs bfdd,
+    which FrrRouter starts.
     """
     lines = [f"hostname {hostname}"]
     if log_file:
         lines.append(f"log file {log_file}")
     if ip_forwarding:
         lines.append("ip forwarding")
+    lines.append("!")
+    if bfd is not None:
+        lines += ["bfd", f" profile {peer_group}", f"  transmit-interval {bfd[0]}",
+                  f"  receive-interval {bfd[0]}", f"  detect-multiplier {bfd[1]}", " !", "!"]
     lines += [
-        "!",
         f"router bgp {asn}",
         f" bgp router-id {router_id}",
         " no bgp ebgp-requires-policy",
@@ -85,6 +94,10 @@ def render_frr_config(
         lines.append(f" bgp listen range {cidr} peer-group {name}")
     for address, remote in neighbors:
         lines.append(f" neighbor {address} remote-as {remote}")
+    if bfd is not None:
+        chosen = [a for a, _ in neighbors] if bfd_neighbors is None else list(bfd_neighbors)
+        for name in [g[0] for g in groups] + chosen:
+            lines += [f" neighbor {name} bfd", f" neighbor {name} bfd profile {peer_group}"]
     lines.append(" !")
     lines.append(" address-family ipv4 unicast")
     for cidr in networks:
@@ -119,19 +132,26 @@ class FrrRouter:
     def __post_init__(self) -> None:
         self.rundir = Path(self.rundir)
 
+    @property
+    def daemons(self) -> tuple[str, ...]:
+        """zebra, bgpd, and bfdd when a neighbour has BFD."""
+        bfd = any(line.strip().startswith("neighbor ") and line.strip().endswith(" bfd")
+                  for line in self.config_text.splitlines())
+        return DAEMONS + ((BFD_DAEMON,) if bfd else ())
+
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         """Write the config, start zebra then bgpd (daemonised), wait until vtysh answers."""
         self.rundir.mkdir(parents=True, exist_ok=True)
         _check_reachable_by_frr(self.rundir)
-        for d in DAEMONS:
+        for d in self.daemons:
             (self.rundir / f"{d}.conf").write_text(self.config_text)
         shutil.chown(self.rundir, "frr", "frr")
         for p in self.rundir.iterdir():
             shutil.chown(p, "frr", "frr")
         subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
                        check=True, capture_output=True)
-        for d in DAEMONS:
+        for d in self.daemons:
             self._start_daemon(d)
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -169,12 +189,13 @@ class FrrRouter:
 
     def pids(self) -> dict[str, int]:
         """PIDs of the running daemons (for the lab's state file)."""
-        return {d: p for d in DAEMONS if (p := self._pid(d)) is not None}
+        return {d: p for d in self.daemons if (p := self._pid(d)) is not None}
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM each daemon by PID, SIGKILL what is left after `timeout`."""
-        kill_pids([p for d in reversed(DAEMONS) if (p := self._pid(d)) is not None], grace=timeout)
-        for d in DAEMONS:
+        kill_pids([p for d in reversed(self.daemons) if (p := self._pid(d)) is not None],
+                  grace=timeout)
+        for d in self.daemons:
             (self.rundir / f"{d}.pid").unlink(missing_ok=True)
 
     # -- queries ---------------------------------------------------------------

@@ -105,9 +105,10 @@ class Lab(LabWaits):
     # --- up ------------------------------------------------------------------------------
     def up(self, racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
            log=print, encap: str = "none", etcd_tls: bool = True,
-           kubernetes: bool = True) -> LabPlan:
-        """kubernetes=False: no control plane, agents and pods made by the lab (lab.nokube)."""
-        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap, etcd_tls, kubernetes)
+           kubernetes: bool = True, bfd: bool = False) -> LabPlan:
+        """kubernetes=False: no control plane, agents and pods made by the lab (lab.nokube).
+        bfd: the ToRs run BFD with their nodes, and the nodes' ToR peers have it on."""
+        plan = make_plan(self.name, racks, nodes_per_rack, bgp, encap, etcd_tls, kubernetes, bfd)
         if self.store.exists():
             raise LabError(f"lab {self.name} already exists; `calico-lite lab down --name "
                            f"{self.name}` first")
@@ -116,7 +117,8 @@ class Lab(LabWaits):
             raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
         with self.store.edit() as st:
             st.params = {"racks": racks, "nodes_per_rack": nodes_per_rack, "bgp": bgp,
-                         "encap": encap, "etcd_tls": etcd_tls, "kubernetes": kubernetes}
+                         "encap": encap, "etcd_tls": etcd_tls, "kubernetes": kubernetes,
+                         **({"bfd": True} if bfd else {})}
         try:
             t0 = time.monotonic()
             for ns in plan.infra_netns():

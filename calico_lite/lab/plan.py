@@ -68,6 +68,7 @@ class LabPlan:
     encap: str = "none"
     etcd_tls: bool = True   # False: `lab up --insecure-etcd`, plain http and no auth
     kubernetes: bool = True  # False: `lab up --no-kubernetes` (lab.nokube)
+    bfd: bool = False        # `lab up --bfd`: ToRs run bfdd, tor peers have BFD (100 ms x 3)
 
     @property
     def cp_netns(self) -> str:
@@ -113,7 +114,8 @@ def validate_name(name: str) -> None:
 
 
 def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: str = "tor",
-              encap: str = "none", etcd_tls: bool = True, kubernetes: bool = True) -> LabPlan:
+              encap: str = "none", etcd_tls: bool = True, kubernetes: bool = True,
+              bfd: bool = False) -> LabPlan:
     validate_name(name)
     if not 1 <= racks <= 9:
         raise PlanError(f"--racks {racks}: the lab supports 1 to 9 racks")
@@ -135,4 +137,4 @@ def make_plan(name: str = "lab", racks: int = 2, nodes_per_rack: int = 2, bgp: s
         nodes.append(NodePlan(name=f"r{r}n{k}", rack=r, netns=f"{name}-r{r}n{k}", address=addr,
                               subnet=f"10.99.{r}.0/24", gateway=f"10.99.{r}.1", asn=asn))
     return LabPlan(name, racks, nodes_per_rack, bgp, tuple(nodes), tors, encap, etcd_tls,
-                   kubernetes)
+                   kubernetes, bfd)
