@@ -72,3 +72,13 @@ class Failure:
 
     def __str__(self) -> str:
         return f"{self.what}: {self.reason}"
+
+
+@dataclass
+class Changes:
+    """What one event did: `changed` (learned paths or peer states: recompute routes),
+    `commands` for ExaBGP in order, and `expire_in` (s) when to call expire() again."""
+
+    changed: bool = False
+    commands: list[str] = field(default_factory=list)
+    expire_in: float | None = None

@@ -23,20 +23,18 @@ A session ExaBGP re-establishes for new settings (a reload) keeps its paths as s
 from __future__ import annotations
 
 import enum
-import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+from .announcing import Announcing
 from .config import PeerConfig, SpeakerConfig
-from .export import Attributes, ExportPolicy, announcements, export_commands, route_command
-from .filters import decide
+from .export import Attributes, ExportPolicy, route_command
 from .messages import (EndOfRib, NeighborList, Notification, Other, PeerStateChange, Shutdown,
                        Update)
-from .model import LearnedPath, PeerState
-from .reflect import (Reflected, ReflectPeer, reflection_commands, reflection_plan,
-                      withdraw_command)
+from .model import Changes, LearnedPath, PeerState
+from .reflect import Reflected
 
 __all__ = ["BgpState", "Changes", "SyncState", "RIB_DUMP", "SHOW_NEIGHBORS", "STALE_SETTLE"]
 
@@ -57,16 +55,6 @@ class SyncState(enum.Enum):
 
 
 @dataclass
-class Changes:
-    """What one event did: `changed` (learned paths or peer states: recompute routes),
-    `commands` for ExaBGP in order, and `expire_in` (s) when to call expire() again."""
-
-    changed: bool = False
-    commands: list[str] = field(default_factory=list)
-    expire_in: float | None = None
-
-
-@dataclass
 class StaleSession:
     """A session being re-established for new settings: its paths count until `until`
     (monotonic) or its End-of-RIB. `paths` is None while the session has not gone down."""
@@ -75,7 +63,7 @@ class StaleSession:
     paths: Paths | None = None
 
 
-class BgpState:
+class BgpState(Announcing):
     """Peer sessions, learned and reflected paths, our prefixes, and the sync state."""
 
     def __init__(self, cfg: SpeakerConfig, *, restart_delay: float = 1.0,
@@ -138,23 +126,6 @@ class BgpState:
         self.deadline = 0.0
         return self._done(self._reset("speaker stopped"))
 
-    def announce(self, prefixes: Iterable[str], export: ExportPolicy | None = None
-                 ) -> tuple[Changes, set[str], set[str]]:
-        """Make our announced prefixes equal `prefixes`, each peer getting what `export`
-        (None: the current policy) lets through, with its communities; also returns
-        (added, removed)."""
-        desired = {str(ipaddress.IPv4Network(p)) for p in prefixes}
-        added, removed = desired - self.desired, self.desired - desired
-        self.desired = desired
-        if export is not None:
-            self.export = export
-        self._export()
-        if export is not None:
-            self._reflect()   # export filters apply to what we reflect too
-        changed = bool(added or removed) and any(
-            s.state == "Established" for s in self.sessions.values())
-        return self._done(changed), added, removed
-
     def reconfigure(self, cfg: SpeakerConfig) -> str:
         """Adopt new peers: 'unchanged', 'reload' (peers added, removed or changed; a
         changed one's paths stay while ExaBGP re-establishes it) or 'restart' (our
@@ -196,22 +167,6 @@ class BgpState:
     def reflect(self) -> Changes:
         self._reflect()
         return self._done(False)
-
-    def withdraw_all(self) -> list[str]:
-        """Commands withdrawing everything we announce (before a clean stop)."""
-        self._out += export_commands(self.told, {}, self._addresses())
-        self.told = {}
-        for peer, routes in self.reflected.items():
-            for prefix, r in sorted(routes.items()):
-                self._send(withdraw_command(peer, prefix, r))
-        self.reflected = {}
-        return self._done(False).commands
-
-    def teardown(self) -> list[str]:
-        """A Cease (administrative shutdown) to every Established peer: with graceful
-        restart ExaBGP would otherwise just close, and the peers wait for us to come back."""
-        return [f"neighbor {addr} teardown 2" for addr, s in self.sessions.items()
-                if s.state == "Established"]
 
     def bfd_down(self, peer: str, reason: str) -> Changes:
         """BFD declared the peer down: its paths go now, not after the hold time, and ExaBGP
@@ -395,15 +350,6 @@ class BgpState:
     def _addresses(self) -> list[str]:
         return [p.address for p in self.cfg.peers]
 
-    def _plan(self) -> dict[str, dict[str, Attributes]]:
-        return announcements(self.desired, self._addresses(), self.export)[0]
-
-    def _export(self) -> None:
-        """Tell ExaBGP what changed in what each peer should get (bgp.export)."""
-        plan = self._plan()
-        self._out += export_commands(self.told, plan, self._addresses())
-        self.told = plan
-
     def _send(self, command: str) -> None:
         self._out.append(command)
 
@@ -430,23 +376,6 @@ class BgpState:
             log.info("bgp graceful restart: every peer re-sent its routes")
             return True
         return False
-
-    def _reflect(self) -> None:
-        """Route reflector (cluster_id set): make what we re-announce to each Established
-        iBGP peer equal bgp.reflect's plan."""
-        if not self.cfg.cluster_id:
-            return
-        established = [a for a, s in self.sessions.items() if s.state == "Established"]
-        plan = reflection_plan(
-            self.learned_paths,
-            [ReflectPeer(p.address, p.peer_as, p.route_reflector_client) for p in self.cfg.peers],
-            local_as=self.cfg.local_as, router_id=self.cfg.router_id,
-            cluster_id=self.cfg.cluster_id, own=self.desired, targets=established)
-        plan = {t: {p: r for p, r in routes.items()
-                    if decide(p, self.export.peer(t).filters, "export").accepted}
-                for t, routes in plan.items()}
-        commands, self.reflected = reflection_commands(self.reflected, plan)
-        self._out += commands
 
     def _reset(self, reason: str) -> bool:
         changed = any(self.learned_paths.values())
