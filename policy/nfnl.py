@@ -16,7 +16,7 @@ everything else (rules, new sets, interval sets) stays with libnftables.
 """
 from __future__ import annotations
 
-import ipaddress
+import functools
 import os
 import socket
 import struct
@@ -52,8 +52,14 @@ def supported(set_type: str, interval: bool) -> bool:
 
 
 def _component(kind: str, literal: str) -> bytes:
-    if kind == "ipv4_addr":
-        return ipaddress.IPv4Address(literal).packed
+    if kind == "ipv4_addr":  # inet_aton also takes "10.1" or "010.0.0.1": only the canonical form
+        try:
+            raw = socket.inet_aton(literal)
+        except OSError:
+            raw = b""
+        if socket.inet_ntoa(raw.ljust(4, b"\0")) != literal:
+            raise ValueError(f"not an IPv4 address: {literal!r}")
+        return raw
     if kind == "ifname":
         name = literal[1:-1] if literal.startswith('"') else literal
         raw = name.encode()
@@ -67,6 +73,7 @@ def _component(kind: str, literal: str) -> bytes:
     raise ValueError(f"no netlink encoding for type {kind}")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def encode_key(set_type: str, literal: str) -> bytes:
     """An element literal as nft writes it (`10.0.0.1 . udp . 53`) as the kernel's key bytes:
     each field of a concatenation padded to 4 bytes, as nft does."""
