@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .batch_plan import plan_batch
 from .nfnl import Batch, BatchError, NfnlSocket
 from .nft import Nft, NftError
+from .rule_templates import RuleTemplates
 from .ruleset import Ruleset, render_delete, render_nft, render_update
 
 log = logging.getLogger("calico_lite.policy")
@@ -63,6 +64,7 @@ class RulesetApplier:
     def __init__(self, nft: Nft | None = None, netlink: bool = True):
         self._nft = nft or Nft()
         self._nfnl = NfnlSocket() if netlink else None   # None: every update through libnftables
+        self._templates = RuleTemplates()
         self._lister: Nft | None = None
         self._applied: Ruleset | None = None
 
@@ -82,6 +84,7 @@ class RulesetApplier:
             raise
         self._applied = ruleset
         took = time.perf_counter() - start
+        self._learn(ruleset, list(ruleset.chains.values()))
         stats = ruleset.stats()
         log.info("policy sync: %s in %.1f ms", " ".join(f"{k}={v}" for k, v in stats.items()), took * 1e3)
         return ApplyResult("sync", took, str(stats), len(text))
@@ -91,7 +94,7 @@ class RulesetApplier:
         if self._applied is None:
             return self.sync(ruleset)
         old, new = _changed_parts(self._applied, ruleset)
-        batch, summary = plan_batch(old, new) if self._nfnl else (None, "")
+        batch, summary = plan_batch(old, new, self._templates) if self._nfnl else (None, "")
         if batch is not None:
             return self._send(batch, summary, ruleset)
         text, summary = render_update(old, new)
@@ -109,7 +112,18 @@ class RulesetApplier:
         took = time.perf_counter() - start
         self._applied = ruleset
         log.info("policy update: %s in %.1f ms", summary, took * 1e3)
+        self._learn(ruleset, [c for n, c in new.chains.items() if old.chains.get(n) != c])
         return ApplyResult("update", took, summary, len(text))
+
+    def _learn(self, ruleset: Ruleset, chains: list) -> None:
+        """Keep templates of the rules libnftables just wrote (policy.rule_templates), so the
+        next chain with the same rules goes as a netlink batch; best effort."""
+        if self._nfnl is None or not chains:
+            return
+        try:
+            self._templates.learn(self._nfnl, ruleset.family, ruleset.table, chains)
+        except (OSError, BatchError, ValueError) as e:
+            log.warning("policy rule templates not learned: %s", e)
 
     def _send(self, batch: Batch, summary: str, ruleset: Ruleset) -> ApplyResult:
         """The netlink path of update(); the kernel applies all of the batch or none of it."""

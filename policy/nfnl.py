@@ -28,7 +28,8 @@ NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET = 5, 8, 11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLMSG_ERROR = 2
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP = 0x300
 NLA_F_NESTED = 0x8000
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 NFT_JUMP, NFT_GOTO = -3, -4
@@ -113,6 +114,7 @@ class Batch:
     family: str
     table: str
     messages: list[tuple[int, int, bytes, str]] = field(default_factory=list)  # type, flags, attrs, what
+    next_id: int = 0   # the last id given to a set created in this batch
 
     def elements(self, add: bool, set_name: str, set_type: str, elements: list[str],
                  jumps: dict[str, str] | None = None) -> None:
@@ -123,6 +125,10 @@ class Batch:
         kind = NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM
         what = f"{'add' if add else 'delete'} element {self.family} {self.table} {set_name} {{ {', '.join(elements)} }}"
         self.messages.append((kind, NLM_F_CREATE if add else 0, attrs, what))
+
+    def add(self, kind: int, flags: int, attrs: bytes, what: str) -> None:
+        """Any nf_tables message (policy.rule_templates writes chains and rules with it)."""
+        self.messages.append((kind, flags, attrs, what))
 
     def delete_chain(self, chain: str) -> None:
         """Flush the chain's rules, then delete it (as `flush chain` + `delete chain`)."""
@@ -197,6 +203,29 @@ class NfnlSocket:
                     refused.append(f"nf_tables batch: {os.strerror(errno)} (errno {errno})")
         if refused:
             raise BatchError("; ".join(refused))
+
+    def query(self, kind: int, attrs: bytes, family: str = "inet", dump: bool = True) -> list[bytes]:
+        """A GET request (a dump, or one object); the attributes of every answer message."""
+        seq, self._seq = self._seq, self._seq + 1
+        body = struct.pack("=BBH", NFPROTO[family], 0, 0) + attrs
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+        self._sock.send(struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_NFTABLES << 8 | kind, flags, seq, 0) + body)
+        out: list[bytes] = []
+        while True:
+            reply = self._sock.recv(1 << 20)
+            offset = 0
+            while offset + 16 <= len(reply):
+                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", reply, offset)
+                if mseq == seq:
+                    if mtype == NLMSG_DONE:
+                        return out
+                    if mtype == NLMSG_ERROR:
+                        errno = -struct.unpack_from("=i", reply, offset + 16)[0]
+                        if errno:
+                            raise BatchError(f"nf_tables query {kind}: {os.strerror(errno)} (errno {errno})")
+                        return out
+                    out.append(reply[offset + 20:offset + length])
+                offset += max(length + (-length % 4), 16)
 
     def close(self) -> None:
         self._sock.close()

@@ -128,7 +128,7 @@ def world() -> Replay:
     return replay
 
 
-def test_relabel_and_delete_go_as_netlink_batches(nodes):
+def test_relabels_deletes_and_known_rules_go_as_netlink_batches(nodes):
     """The events the fast path is for really take it, and still match the libnftables path."""
     reset(nodes)
     replay = world()
@@ -143,8 +143,18 @@ def test_relabel_and_delete_go_as_netlink_batches(nodes):
     replay.apply(("pod", 2, None))
     r = both(nodes, replay.inc.ruleset(), "pod delete")
     assert r.path == "netlink" and "map-1" in r.summary and "chain-1" in r.summary, r
+    # a new pod whose rules other pods' chains already hold: its chain is replayed from them
     replay.apply(("pod", 5, Pod("a", "pod5", "10.240.0.9", {"app": "x"}, [], "cali5", "n1")))
-    assert both(nodes, replay.inc.ruleset(), "pod add (writes rules)").path == "libnftables"
+    r = both(nodes, replay.inc.ruleset(), "pod add")
+    assert r.path == "netlink" and "chain+1" in r.summary, r
+    # a new policy brings sets and rule texts never seen: libnftables, which the applier learns from
+    ports = (NetworkPolicyPort("TCP", 8000, 8100), NetworkPolicyPort("UDP", 53))
+    replay.apply(("policy", "a/p2", NetworkPolicy("a", "p2", LabelSelector.of({"app": "x"}), ("Ingress",),
+                                                  (NetworkPolicyRule((), ports),))))
+    assert both(nodes, replay.inc.ruleset(), "policy add").path == "libnftables"
+    replay.apply(("pod", 6, Pod("a", "pod6", "10.240.0.10", {"app": "x"}, [], "cali6", "n1")))
+    r = both(nodes, replay.inc.ruleset(), "pod add under the new policy (an anonymous port set)")
+    assert r.path == "netlink" and "chain+1" in r.summary, r
 
 
 def test_a_refused_batch_changes_nothing_and_says_why(nodes):
