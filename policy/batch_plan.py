@@ -13,7 +13,7 @@ jumps to any more, sets no rule names any more.
 """
 from __future__ import annotations
 
-from .nfnl import Batch, supported
+from .nfnl import MAX_BATCH_BYTES, Batch, supported
 from .rule_templates import RuleTemplates
 from .ruleset import Ruleset, _is_structural
 
@@ -82,6 +82,8 @@ def plan_batch(old: Ruleset, new: Ruleset, templates: RuleTemplates | None = Non
     sets_gone = [n for n in old.sets if n not in new.sets]
     for name in sets_gone:
         batch.delete_set(name)
+    if batch.size() > MAX_BATCH_BYTES:
+        return None, f"a batch of {batch.size()} bytes"
     made = sum(1 for _, is_new in written if is_new)
     summary = " ".join([f"{k}{v}" for k, v in counts.items() if v] + [elem_summary] +
                        [f"chain+{made}"] * bool(made) + [f"chain~{len(written) - made}"] * bool(len(written) - made) +

@@ -34,6 +34,9 @@ NLA_F_NESTED = 0x8000
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 NFT_JUMP, NFT_GOTO = -3, -4
 IFNAMSIZ = 16
+ELEMENTS_PER_MESSAGE = 500   # an element is at most ~100 bytes here (a map entry with its chain)
+MAX_BATCH_BYTES = 1 << 20    # larger updates go through libnftables (the socket's send buffer)
+NETLINK_CAP_ACK = 10
 # the key width (bytes) of each type whose literals encode_key can write
 _WIDTH = {"ipv4_addr": 4, "ifname": IFNAMSIZ, "inet_proto": 1, "inet_service": 2}
 _PROTO = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1}
@@ -118,13 +121,20 @@ class Batch:
 
     def elements(self, add: bool, set_name: str, set_type: str, elements: list[str],
                  jumps: dict[str, str] | None = None) -> None:
-        """Add or delete elements of a set, or of a verdict map (`jumps`: key -> chain)."""
-        items = b"".join(_element(encode_key(set_type, e), (jumps or {}).get(e) if add else None)
-                         for e in elements)
-        attrs = _str(1, self.table) + _str(2, set_name) + _attr(3, items, nested=True)
+        """Add or delete elements of a set, or of a verdict map (`jumps`: key -> chain); in
+        messages of at most ELEMENTS_PER_MESSAGE (an attribute's length is 16 bits)."""
         kind = NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM
-        what = f"{'add' if add else 'delete'} element {self.family} {self.table} {set_name} {{ {', '.join(elements)} }}"
-        self.messages.append((kind, NLM_F_CREATE if add else 0, attrs, what))
+        for i in range(0, len(elements), ELEMENTS_PER_MESSAGE):
+            part = elements[i:i + ELEMENTS_PER_MESSAGE]
+            items = b"".join(_element(encode_key(set_type, e), (jumps or {}).get(e) if add else None)
+                             for e in part)
+            attrs = _str(1, self.table) + _str(2, set_name) + _attr(3, items, nested=True)
+            what = f"{'add' if add else 'delete'} element {self.family} {self.table} {set_name} {{ {', '.join(part)} }}"
+            self.messages.append((kind, NLM_F_CREATE if add else 0, attrs, what))
+
+    def size(self) -> int:
+        """Bytes on the wire (BEGIN, END and each message's headers included)."""
+        return 40 + sum(20 + len(attrs) for _, _, attrs, _ in self.messages)
 
     def add(self, kind: int, flags: int, attrs: bytes, what: str) -> None:
         """Any nf_tables message (policy.rule_templates writes chains and rules with it)."""
@@ -174,6 +184,11 @@ class NfnlSocket:
     def __init__(self, timeout: float = 30.0):
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:  # a batch is one sendmsg: room for MAX_BATCH_BYTES (root may exceed wmem_max)
+            self._sock.setsockopt(socket.SOL_SOCKET, 32, 2 * MAX_BATCH_BYTES)   # SO_SNDBUFFORCE
+        except OSError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_BATCH_BYTES)
+        self._sock.setsockopt(270, NETLINK_CAP_ACK, 1)   # SOL_NETLINK: errors without the echoed message
         self._sock.bind((0, 0))
         self._sock.settimeout(timeout)
         self._seq = int.from_bytes(os.urandom(2), "big") << 8
@@ -185,11 +200,14 @@ class NfnlSocket:
             return
         data, whats = batch.encode(self._seq)
         self._seq += len(batch.messages) + 2
-        self._sock.send(data)
+        try:
+            self._sock.send(data)
+        except OSError as e:  # e.g. EMSGSIZE: the kernel saw nothing of it
+            raise BatchError(f"nf_tables batch of {len(data)} bytes not sent: {e}") from e
         pending, refused = set(whats), []
         while pending:
             try:  # the kernel answers while processing the send, so after the first refusal
-                reply = self._sock.recv(1 << 16, socket.MSG_DONTWAIT if refused else 0)
+                reply = self._sock.recv(1 << 20, socket.MSG_DONTWAIT if refused else 0)
             except BlockingIOError:  # every answer it had is read
                 break
             except socket.timeout:

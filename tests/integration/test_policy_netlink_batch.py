@@ -197,3 +197,27 @@ def test_unchanged_ruleset_is_a_noop(nodes):
     r = fast.call(fast.applier.update, replay.inc.ruleset())
     assert r.mode == "noop", r
     assert NODE_IP in str(fast.table()["set"]["node_ips"])
+
+
+def test_a_large_change_is_split_and_still_one_transaction(nodes):
+    """1,200 elements: several messages (an attribute holds at most 64 KiB), one batch."""
+    reset(nodes)
+    fast, _ = nodes
+    replay = world()
+    fast.call(fast.applier.sync, replay.inc.ruleset())
+    before = fast.table()
+    elems = [f'"x{i}" . 10.9.{i // 250}.{i % 250 + 1}' for i in range(1200)]
+    batch = Batch("inet", "calico-lite")
+    batch.elements(True, "pod_if_addr", "ifname . ipv4_addr", elems)
+    assert len(batch.messages) > 1
+    fast.call(fast.applier._nfnl.send, batch)
+    assert len(fast.table()["set"]["pod_if_addr"]["elem"]) == len(before["set"]["pod_if_addr"]["elem"]) + 1200
+    undo = Batch("inet", "calico-lite")
+    undo.elements(False, "pod_if_addr", "ifname . ipv4_addr", elems + ['"nosuch0" . 10.9.9.9'])
+    with pytest.raises(BatchError):   # the last message is refused: none of the 1,200 go
+        fast.call(fast.applier._nfnl.send, undo)
+    assert len(fast.table()["set"]["pod_if_addr"]["elem"]) == len(before["set"]["pod_if_addr"]["elem"]) + 1200
+    undo = Batch("inet", "calico-lite")
+    undo.elements(False, "pod_if_addr", "ifname . ipv4_addr", elems)
+    fast.call(fast.applier._nfnl.send, undo)
+    assert fast.table() == before

@@ -85,3 +85,12 @@ def test_rules_new_sets_and_interval_sets_need_libnftables():
     assert plan_batch(old, more)[0] is None
     batch, _ = plan_batch(old, table(frozenset({"10.0.0.1"})))
     assert batch is not None and not batch.messages   # nothing moved: a no-op
+
+
+def test_many_elements_are_split_into_messages_an_attribute_length_can_hold():
+    b = Batch("inet", "calico-lite")
+    elems = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(1201)]
+    b.elements(True, "s", "ipv4_addr . inet_proto . inet_service", [f"{e} . tcp . 80" for e in elems])
+    assert len(b.messages) == 3
+    assert all(len(attrs) < 65535 for _, _, attrs, _ in b.messages)
+    assert b.size() == 40 + sum(20 + len(a) for _, _, a, _ in b.messages)
