@@ -95,10 +95,12 @@ def cmd_node_status(args) -> int:
     ds = datastore(args)
     rows = [e.value for e in ds.list(keys.STATUS)
             if not args.node or e.value.get("node") == args.node]
-    nat = {e.value.get("node"): e.value.get("nat") for e in ds.list(keys.POLICY_STATUS)}
+    policy = {e.value.get("node"): e.value for e in ds.list(keys.POLICY_STATUS)}
     for r in rows:  # NAT outgoing is the policy controller's: its last applied state
-        if nat.get(r.get("node")) is not None:
-            r["nat"] = nat[r["node"]]
+        p = policy.get(r.get("node"), {})
+        if p.get("nat") is not None:
+            r["nat"] = p["nat"]
+        r["policyProblems"] = policy_problems(p)
     if args.node and not rows:
         raise LookupError(f"no status for node {args.node}: is its agent running?")
     print_result(rows, args.json, "\n\n".join(format_node_status(r) for r in rows))
@@ -159,9 +161,20 @@ def format_node_status(s: dict, now: float | None = None) -> str:
                      + (f" (first {len(filtered)} shown)" if total > len(filtered) else ""))
         lines += [f"    {f['prefix']:<18} via {f['via']} from {f['peer']}: {f['reason']}"
                   for f in filtered]
-    lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
+    lines += [f"  problem: {problem}" for problem in bgp.get("problems", []) + s.get("policyProblems", [])]
     lines += [f"  note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
+
+
+def policy_problems(status: dict) -> list[str]:
+    """What the node's last policy sync could not do, from its policy status record."""
+    out = []
+    if status.get("error"):
+        out.append(f"policy not applied, previous rules stay: {status['error']}")
+    if status.get("update_refused"):
+        out.append("policy: the kernel refused the incremental update, the whole table was loaded "
+                   f"instead: {status['update_refused']}")
+    return out
 
 
 def format_nat(nat: dict) -> str:

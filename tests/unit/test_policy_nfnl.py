@@ -94,3 +94,15 @@ def test_many_elements_are_split_into_messages_an_attribute_length_can_hold():
     assert len(b.messages) == 3
     assert all(len(attrs) < 65535 for _, _, attrs, _ in b.messages)
     assert b.size() == 40 + sum(20 + len(a) for _, _, a, _ in b.messages)
+
+
+def test_node_status_shows_a_refused_update_and_a_failed_sync():
+    from calico_lite.cli.node import format_node_status, policy_problems
+    status = {"node": "n1", "error": "", "update_refused": "delete element inet calico-lite s { 10.0.0.1 }: "
+                                                           "No such file or directory (errno 2)"}
+    problems = policy_problems(status)
+    assert len(problems) == 1 and "No such file or directory" in problems[0]
+    text = format_node_status({"node": "n1", "policyProblems": problems}, now=1.0)
+    assert "  problem: policy: the kernel refused the incremental update" in text
+    assert policy_problems({"error": "nft: syntax error"}) == ["policy not applied, previous rules stay: nft: syntax error"]
+    assert policy_problems({"error": "", "update_refused": ""}) == []
