@@ -25,7 +25,7 @@ NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 3, 6, 7
 NFT_MSG_NEWSET, NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 9, 10, 12, 13
 NLM_F_APPEND = 0x800
 NLA_TYPE_MASK = 0x3FFF
-NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 2, 4
+NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 2, 4, 7
 NFTA_SET_NAME, NFTA_SET_ID, NFTA_SET_HANDLE = 2, 10, 16
 MAX_TEMPLATES = 20000
 # what NEWSET takes of what GETSET answers: flags, key type/len, data type/len, policy, desc,
@@ -67,8 +67,8 @@ def _text(payload: bytes) -> str:
 
 @dataclass(frozen=True)
 class AnonSet:
-    attrs: bytes      # as dumped (raw attributes), without table, name, handle and id
-    elements: bytes                        # the NFTA_LIST_ELEM attributes, as dumped
+    attrs: bytes      # as dumped (raw attributes), only what NEWSET takes (SET_INPUT)
+    elements: bytes   # the NFTA_LIST_ELEM attributes, as dumped
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ class RuleTemplates:
                 continue   # not the chain we wrote: learn nothing from it
             for rule, attrs in zip(chain.rules, kernel):
                 key = rule_key(rule)
-                if key not in self._known:
+                ours = attrs.get(NFTA_RULE_USERDATA, b"") == (comment_userdata(rule.comment) if rule.comment else b"")
+                if key not in self._known and ours:  # (its comment says it is the rule we wrote)
                     template = _template(sock, family, table, attrs.get(NFTA_RULE_EXPRESSIONS, b""))
                     if template is not None:
                         self._known[key] = template
@@ -161,7 +162,7 @@ def _write_rule(batch: Batch, chain: str, rule: Rule, template: Template, udata:
         exprs += _attr(1, _attr(1, name) + _attr(2, data, nested=True), nested=True)
     attrs = _str(1, t) + _str(2, chain) + _attr(NFTA_RULE_EXPRESSIONS, exprs, nested=True)
     if udata:
-        attrs += _attr(7, udata)   # NFTA_RULE_USERDATA
+        attrs += _attr(NFTA_RULE_USERDATA, udata)
     batch.add(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, attrs, f"add rule {batch.family} {t} {chain} {rule.render()}")
 
 

@@ -106,3 +106,16 @@ def test_node_status_shows_a_refused_update_and_a_failed_sync():
     assert "  problem: policy: the kernel refused the incremental update" in text
     assert policy_problems({"error": "nft: syntax error"}) == ["policy not applied, previous rules stay: nft: syntax error"]
     assert policy_problems({"error": "", "update_refused": ""}) == []
+
+
+def test_rule_templates_helpers():
+    from policy.nfnl import _attr, _str
+    from policy.rule_templates import comment_userdata, parse, rule_key, without
+    data = _str(1, "t") + _attr(2, b"\x01\x02", nested=True) + _str(16, "h")
+    assert parse(data) == [(1, b"t\0"), (2, b"\x01\x02"), (16, b"h\0")]   # flags dropped
+    assert without(data, (16,)) == _str(1, "t") + _attr(2, b"\x01\x02", nested=True)   # raw kept
+    assert without(data, (), frozenset({1})) == _str(1, "t")
+    assert comment_userdata('a "b"') == bytes([0, 6]) + b"a 'b'\0"   # as Rule.render quotes it
+    assert comment_userdata("a\\b") is None
+    assert comment_userdata("x" * 200) == bytes([0, 121]) + b"x" * 120 + b"\0"
+    assert rule_key(Rule(("ip saddr @s",), "accept", "any comment")) == "ip saddr @s accept"
