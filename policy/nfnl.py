@@ -6,13 +6,14 @@ elements or rules needs NFT_CACHE_TABLE|CHAIN|SET|OBJECT), which on a 1,000-pod 
 ~1,000 chains and ~300 sets per transaction, whatever its size (profiled: see README). A pod
 relabel only moves a few set elements, which the kernel itself applies in microseconds.
 
-Why not pyroute2: its nftables module (0.9.7) has no set-element messages, and importing it
-costs ~300 ms in every process; the messages needed here are a few fixed layouts.
+Why not pyroute2's NFTSocket (0.9.7): it has the message classes, but the key bytes from nft's
+element literals, refused messages mapped back to commands, and dumped rules copied byte for
+byte (policy.rule_templates) would still be ours; it would save only the attribute packing.
 
 One `Batch` is one BEGIN..END nfnetlink batch: the kernel applies all of it or, if it refuses
-any message, none of it (and answers each refused message with its errno). Only what
-`encode_key` understands goes this way (non-interval sets whose types are listed in _WIDTH);
-everything else (rules, new sets, interval sets) stays with libnftables.
+any message, none of it (and answers each refused message with its errno). Only elements
+`encode_key` understands go this way (non-interval sets whose types are listed in _WIDTH);
+new sets and interval sets stay with libnftables, and rules come from policy.rule_templates.
 """
 from __future__ import annotations
 
