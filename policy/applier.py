@@ -6,11 +6,13 @@ last applied Ruleset (set and map elements, named sets and per-pod chains coming
 refilled, all in one transaction), falling back to `sync` when the change is structural (base
 chains, maps, a set retyped) or the incremental transaction is refused (e.g. someone edited the
 table).
-An update that only moves set and map elements or deletes chains and sets (a pod relabelled or
-deleted, a namespace relabelled) goes to the kernel as one nfnetlink batch of our own
-(policy.batch_plan, policy.nfnl) instead of through libnftables, whose every transaction first
-reads the whole table's chains and sets; it is just as atomic (one BEGIN..END batch). What
-writes rules or creates sets stays with libnftables, and the full sync always does.
+An update that moves set and map elements, deletes chains and sets, and writes chains only with
+rules the kernel already holds elsewhere (a pod added, relabelled or deleted, a namespace
+relabelled) goes to the kernel as one nfnetlink batch of our own (policy.batch_plan,
+policy.nfnl, policy.rule_templates) instead of through libnftables, whose every transaction
+first reads the whole table's chains and sets; it is just as atomic (one BEGIN..END batch).
+What creates sets or writes a rule text the kernel does not hold yet stays with libnftables
+(and is learned from afterwards), and the full sync always does.
 No other table is ever touched.
 """
 from __future__ import annotations
