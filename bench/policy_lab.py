@@ -189,7 +189,7 @@ class Cluster:
     def wait(self, timeout: float = 300.0) -> float:
         for attempt in range(5):  # etcd answers slowly while four agents load big rulesets
             try:
-                return self.lab.wait_policy(timeout)
+                return self.lab.wait_enforced(timeout)   # kube-sync is stopped: we write etcd
             except DatastoreUnavailable:
                 if attempt == 4:
                     raise

@@ -1,6 +1,8 @@
 """Benchmark: compile and apply a 1,000-pod / 200-policy ruleset; sync vs raw `nft -f`; update();
 and event -> nft transaction committed, incremental (policy.incremental) vs full recompile.
 
+The event part times the incremental calculation with the applier's netlink batch path against
+the same with every update through libnftables and against the full recompile, in one run.
 Runs in a throwaway network namespace (never the machine's own). Prints figures side by side
 with ratios; nothing is asserted. Usage (root):
     .venv/bin/python bench/policy_ruleset.py [--pods 1000] [--policies 200] [--repeat 5]
@@ -146,6 +148,9 @@ def main() -> None:
             upd_times.append(res.seconds)
             run(applier.update, rs)
         update_s = statistics.median(upd_times)
+        upd_path = run(applier.update, rs2).path
+        run(applier.update, rs)
+        one_lib, one_nl, learn_s = one_element(run, applier, rs, args.repeat)
         sync2_s = run(applier.sync, rs2).seconds
         listed = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", "calico-lite"],
                                 capture_output=True, text=True, check=True).stdout
@@ -161,12 +166,39 @@ def main() -> None:
     row("render_nft", render_s)
     row("RulesetApplier.sync (libnftables, in-process)", sync_s, raw_s, "raw `nft -f` same text")
     print(f"  update() for one added pod: {summary}, {len(upd_text)} bytes of nft text")
-    row("update(): nft transaction", update_s, sync2_s, "sync() of the same ruleset")
+    row(f"update(): nft transaction ({upd_path} path)", update_s, sync2_s, "sync() of the same ruleset")
+    row("one set element, netlink batch", one_nl, one_lib, "libnftables (`add element`)")
+    row("learning rule templates after a sync", learn_s)
     row("update(): compile + diff (Python)", compile2_s + diff_s)
     row("update(): end to end (compile+diff+nft)", compile2_s + diff_s + update_s, compile2_s + render_s + sync2_s,
         "compile+render+sync")
     print(f"  kernel listing: {listed.count(chr(10))} lines")
     event_latency(policies, pods, namespaces, args.events)
+
+
+def one_element(run, applier: RulesetApplier, rs, repeat: int) -> tuple[float, float, float]:
+    """The fixed cost of a libnftables transaction on this table (it reads all chains and sets
+    into its cache first) against the same one-element change as our own netlink batch; and
+    the one-off dump that learns rule templates after a full sync."""
+    from policy.nfnl import Batch  # noqa: E402
+    text = "{} element inet calico-lite node_ips {{ 10.250.0.1 }}\n"
+    lib, nl = [], []
+    for _ in range(max(repeat, 5)):
+        t = time.perf_counter()
+        run(applier._nft.cmd, text.format("add"))
+        lib.append(time.perf_counter() - t)
+        run(applier._nft.cmd, text.format("delete"))
+        for add in (True, False):
+            batch = Batch("inet", "calico-lite")
+            batch.elements(add, "node_ips", "ipv4_addr", ["10.250.0.1"])
+            t = time.perf_counter()
+            run(applier._nfnl.send, batch)
+            if add:
+                nl.append(time.perf_counter() - t)
+    applier._templates = type(applier._templates)()
+    t = time.perf_counter()
+    run(applier._learn, rs, list(rs.chains.values()))
+    return statistics.median(lib), statistics.median(nl), time.perf_counter() - t
 
 
 def event_stream(pods: list[Pod], namespaces: list[Namespace], n: int):
@@ -184,10 +216,13 @@ def event_stream(pods: list[Pod], namespaces: list[Namespace], n: int):
 
 
 def event_latency(policies, pods, namespaces, n: int) -> None:
-    """Time from one event to its nft transaction committed: incremental vs full recompile.
+    """Time from one event to its nft transaction committed, three ways in the same run: the
+    incremental calculation with the netlink batch path (today's applier), the incremental
+    calculation with every update through libnftables (the applier before the netlink path),
+    and the old path (full recompile + diff + libnftables).
 
-    Two scratch namespaces, one applier each, both starting from the same full sync; every event
-    goes through both paths, and both tables must end equal (checked, not timed)."""
+    Three scratch namespaces, one applier each, all starting from the same full sync; every
+    event goes through all three, and their tables must end equal (checked, not timed)."""
     namespaces = [Namespace(x.name, dict(x.labels)) for x in namespaces]
     state = {(p.namespace, p.name): p for p in pods}
     ns_state = {x.name: x for x in namespaces}
@@ -200,59 +235,78 @@ def event_latency(policies, pods, namespaces, n: int) -> None:
         inc.set_pod(key, p)
     prefix = unique_prefix("pol")
     workers = {}
+    load_before = os.getloadavg()[0]
     try:
-        for path in ("inc", "full"):
+        for path in ("netlink", "libnft", "full"):
             subprocess.run(["ip", "netns", "add", f"{prefix}{path}"], check=True)
             w = ThreadPoolExecutor(1, initializer=setns, initargs=(f"/var/run/netns/{prefix}{path}",))
-            workers[path] = (w, w.submit(RulesetApplier).result())
+            make = (lambda: RulesetApplier(netlink=False)) if path != "netlink" else RulesetApplier
+            workers[path] = (w, w.submit(make).result())
             w.submit(workers[path][1].sync, inc.ruleset()).result()
-        times: dict[str, dict[str, list[float]]] = {}
-        modes: dict[str, set[str]] = {}
-        for kind, (what, value) in event_stream(pods, namespaces, n):
-            key = (value.namespace, value.name) if what != "ns" else value.name
-            t = time.perf_counter()  # incremental path: the event, the delta, one transaction
-            if what == "pod":
-                inc.set_pod(key, value)
-            elif what == "pod-":
-                inc.remove_pod(key)
-            else:
-                inc.set_namespace(value)
-            w, applier = workers["inc"]
-            res = w.submit(applier.update, inc.ruleset()).result()
-            times.setdefault(kind, {}).setdefault("inc", []).append(time.perf_counter() - t)
-            times[kind].setdefault("nft", []).append(res.seconds)
-            modes.setdefault(kind, set()).add(res.mode)
-            t = time.perf_counter()  # old path: recompile everything, diff, one transaction
-            if what == "pod":
-                state[key] = value
-            elif what == "pod-":
-                state.pop(key)
-            else:
-                ns_state[key] = value
-            rs = compile_ruleset(policies, state.values(), ns_state.values(), ["10.241.0.1"])
-            w, applier = workers["full"]
-            w.submit(applier.update, rs).result()
-            times[kind].setdefault("full", []).append(time.perf_counter() - t)
+        times, modes, rs = _time_events(inc, workers, policies, state, ns_state, event_stream(pods, namespaces, n))
         assert inc.ruleset() == rs, "incremental and full paths diverged"
         listings = [subprocess.run(["ip", "netns", "exec", f"{prefix}{p}", "nft", "list", "table", "inet",
                                     "calico-lite"], capture_output=True, text=True, check=True).stdout
-                    for p in ("inc", "full")]
+                    for p in ("netlink", "libnft", "full")]
     finally:
         for w, _ in workers.values():
             w.shutdown()
         remove_netns_with_prefix(prefix)
-    print(f"event -> nft transaction committed ({len(pods)} local pods, {len(policies)} policies, "
-          f"{n} events of each kind; baseline = old path: full compile_ruleset + diff + nft, same run; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    _print_latency(times, modes, listings, len(pods), len(policies), n, load_before)
+
+
+def _print_latency(times, modes, listings, n_pods: int, n_policies: int, n: int, load_before: float) -> None:
+    print(f"event -> nft transaction committed ({n_pods} local pods, {n_policies} policies, "
+          f"{n} events of each kind, same run; load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs)")
     for kind, t in times.items():
-        inc_t, full_t = sorted(t["inc"]), sorted(t["full"])
         for stat, pick in (("p50", statistics.median), ("max", max)):
-            row(f"{kind} {stat} (incremental, {'/'.join(sorted(modes[kind]))})", pick(inc_t), pick(full_t),
-                "full recompile")
-        print(f"    of which the nft transaction: p50 {statistics.median(t['nft']) * 1e3:.1f} ms, "
-              f"max {max(t['nft']) * 1e3:.1f} ms")
-    print(f"  kernel tables after the run: {'equal' if _sans_handles(listings[0]) == _sans_handles(listings[1]) else 'DIFFER'}"
-          f" (incremental vs full path)")
+            row(f"{kind} {stat} incremental, netlink path", pick(t["netlink"]), pick(t["libnft"]),
+                "incremental, libnftables")
+            row(f"{kind} {stat} incremental, netlink path", pick(t["netlink"]), pick(t["full"]), "full recompile")
+        print(f"    of which the nft transaction: netlink path p50 {statistics.median(t['netlink nft']) * 1e3:.1f} ms, "
+              f"max {max(t['netlink nft']) * 1e3:.1f} ms ({', '.join(sorted(modes[kind, 'netlink']))}); "
+              f"libnftables p50 {statistics.median(t['libnft nft']) * 1e3:.1f} ms, max {max(t['libnft nft']) * 1e3:.1f} ms")
+    same = len({tuple(_sans_handles(x)) for x in listings}) == 1
+    print(f"  kernel tables after the run: {'equal' if same else 'DIFFER'} (netlink path, libnftables path, full path)")
+
+
+def _time_events(inc, workers, policies, state, ns_state, stream):
+    """Each event through the three appliers (see event_latency); per kind, the times."""
+    rs = None
+    times: dict[str, dict[str, list[float]]] = {}
+    modes: dict[tuple[str, str], set[str]] = {}
+    for kind, (what, value) in stream:
+        key = (value.namespace, value.name) if what != "ns" else value.name
+        t = time.perf_counter()  # incremental: the event, the delta, one transaction
+        if what == "pod":
+            inc.set_pod(key, value)
+        elif what == "pod-":
+            inc.remove_pod(key)
+        else:
+            inc.set_namespace(value)
+        ruleset = inc.ruleset()
+        calc = time.perf_counter() - t
+        got = times.setdefault(kind, {})
+        for path in ("netlink", "libnft"):
+            w, applier = workers[path]
+            t = time.perf_counter()
+            res = w.submit(applier.update, ruleset).result()
+            got.setdefault(path, []).append(calc + time.perf_counter() - t)
+            got.setdefault(path + " nft", []).append(res.seconds)
+            modes.setdefault((kind, path), set()).add(f"{res.mode}/{res.path}")
+        t = time.perf_counter()  # old path: recompile everything, diff, one transaction
+        if what == "pod":
+            state[key] = value
+        elif what == "pod-":
+            state.pop(key)
+        else:
+            ns_state[key] = value
+        rs = compile_ruleset(policies, state.values(), ns_state.values(), ["10.241.0.1"])
+        w, applier = workers["full"]
+        w.submit(applier.update, rs).result()
+        got.setdefault("full", []).append(time.perf_counter() - t)
+    return times, modes, rs
 
 
 def _sans_handles(listing: str) -> list[str]:

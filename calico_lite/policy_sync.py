@@ -180,7 +180,8 @@ class PolicyController:
         return {"node": self.node, "generation": generation, "revision": revision,
                 "mode": result.mode, "calc": "full" if full or first else "incremental",
                 "compile_ms": round((compiled - start) * 1e3, 1),
-                "nft_ms": round(result.seconds * 1e3, 1), "policies": len(raw_policies),
+                "nft_ms": round(result.seconds * 1e3, 1), "nft_path": result.path,
+                "update_refused": result.refused, "policies": len(raw_policies),
                 "local_pods": sum(1 for p in pods.values() if p.interface), "error": "",
                 "udp_flows_forgotten": forgotten, "nat": nat.summary(), "hostProtection": host,
                 "table_restored": self.restored, "updated": time.time(), **table.stats()}

@@ -6,6 +6,13 @@ last applied Ruleset (set and map elements, named sets and per-pod chains coming
 refilled, all in one transaction), falling back to `sync` when the change is structural (base
 chains, maps, a set retyped) or the incremental transaction is refused (e.g. someone edited the
 table).
+An update that moves set and map elements, deletes chains and sets, and writes chains only with
+rules the kernel already holds elsewhere (a pod added, relabelled or deleted, a namespace
+relabelled) goes to the kernel as one nfnetlink batch of our own (policy.batch_plan,
+policy.nfnl, policy.rule_templates) instead of through libnftables, whose every transaction
+first reads the whole table's chains and sets; it is just as atomic (one BEGIN..END batch).
+What creates sets or writes a rule text the kernel does not hold yet stays with libnftables
+(and is learned from afterwards), and the full sync always does.
 No other table is ever touched.
 """
 from __future__ import annotations
@@ -15,7 +22,10 @@ import logging
 import time
 from dataclasses import dataclass
 
+from .batch_plan import plan_batch
+from .nfnl import Batch, BatchError, NfnlSocket
 from .nft import Nft, NftError
+from .rule_templates import RuleTemplates
 from .ruleset import Ruleset, render_delete, render_nft, render_update
 
 log = logging.getLogger("calico_lite.policy")
@@ -23,12 +33,16 @@ log = logging.getLogger("calico_lite.policy")
 
 @dataclass
 class ApplyResult:
-    """What one sync/update did; `mode` is sync, update or noop."""
+    """What one sync/update did; `mode` is sync, update or noop; `path` is how an update went
+    (netlink: our own batch, libnftables: nft text); `refused` is why the kernel refused the
+    incremental update that this sync replaced ("" when none was)."""
 
     mode: str
     seconds: float
     summary: str = ""
     bytes: int = 0
+    path: str = "libnftables"
+    refused: str = ""
 
 
 def _changed_parts(old: Ruleset, new: Ruleset) -> tuple[Ruleset, Ruleset]:
@@ -49,8 +63,10 @@ def _changed_parts(old: Ruleset, new: Ruleset) -> tuple[Ruleset, Ruleset]:
 class RulesetApplier:
     """Owns our table in one netns; create it (and its Nft) inside that netns."""
 
-    def __init__(self, nft: Nft | None = None):
+    def __init__(self, nft: Nft | None = None, netlink: bool = True):
         self._nft = nft or Nft()
+        self._nfnl = NfnlSocket() if netlink else None   # None: every update through libnftables
+        self._templates = RuleTemplates()
         self._lister: Nft | None = None
         self._applied: Ruleset | None = None
 
@@ -70,6 +86,7 @@ class RulesetApplier:
             raise
         self._applied = ruleset
         took = time.perf_counter() - start
+        self._learn(ruleset, list(ruleset.chains.values()))
         stats = ruleset.stats()
         log.info("policy sync: %s in %.1f ms", " ".join(f"{k}={v}" for k, v in stats.items()), took * 1e3)
         return ApplyResult("sync", took, str(stats), len(text))
@@ -78,7 +95,11 @@ class RulesetApplier:
         """Apply only the difference from the last applied Ruleset; sync when that is not possible."""
         if self._applied is None:
             return self.sync(ruleset)
-        text, summary = render_update(*_changed_parts(self._applied, ruleset))
+        old, new = _changed_parts(self._applied, ruleset)
+        batch, summary = plan_batch(old, new, self._templates) if self._nfnl else (None, "")
+        if batch is not None:
+            return self._send(batch, summary, ruleset)
+        text, summary = render_update(old, new)
         if text is None:
             log.info("policy update is structural (%s): full sync", summary)
             return self.sync(ruleset)
@@ -89,13 +110,46 @@ class RulesetApplier:
         try:
             self._nft.cmd(text)
         except NftError as e:
-            log.warning("policy incremental update refused (%s), full sync instead: %s",
-                        summary, e.message.strip()[:500])
-            return self.sync(ruleset)
+            return self._refused(ruleset, summary, e.message.strip())
         took = time.perf_counter() - start
         self._applied = ruleset
         log.info("policy update: %s in %.1f ms", summary, took * 1e3)
+        self._learn(ruleset, [c for n, c in new.chains.items() if old.chains.get(n) != c])
         return ApplyResult("update", took, summary, len(text))
+
+    def _learn(self, ruleset: Ruleset, chains: list) -> None:
+        """Keep templates of the rules libnftables just wrote (policy.rule_templates), so the
+        next chain with the same rules goes as a netlink batch; best effort."""
+        if self._nfnl is None or not chains:
+            return
+        try:
+            self._templates.learn(self._nfnl, ruleset.family, ruleset.table, chains)
+        except (OSError, BatchError, ValueError) as e:
+            log.warning("policy rule templates not learned: %s", e)
+
+    def _send(self, batch: Batch, summary: str, ruleset: Ruleset) -> ApplyResult:
+        """The netlink path of update(); the kernel applies all of the batch or none of it."""
+        if not batch.messages:
+            self._applied = ruleset
+            return ApplyResult("noop", 0.0, summary, path="netlink")
+        start = time.perf_counter()
+        assert self._nfnl is not None
+        try:
+            self._nfnl.send(batch)
+        except BatchError as e:
+            return self._refused(ruleset, summary, e.reason)
+        took = time.perf_counter() - start
+        self._applied = ruleset
+        log.info("policy update (netlink): %s in %.1f ms", summary, took * 1e3)
+        return ApplyResult("update", took, summary, path="netlink")
+
+    def _refused(self, ruleset: Ruleset, summary: str, reason: str) -> ApplyResult:
+        """The kernel refused an incremental update (nothing of it applied): load the whole
+        table instead, and say why in the result (the node status shows it)."""
+        log.warning("policy incremental update refused (%s), full sync instead: %s", summary, reason[:500])
+        result = self.sync(ruleset)
+        result.refused = reason[:1000]
+        return result
 
     def drift(self) -> str:
         """"" when the kernel still holds the table we last applied, as far as a cheap
@@ -122,6 +176,8 @@ class RulesetApplier:
 
     def close(self) -> None:
         self._nft.close()
+        if self._nfnl is not None:
+            self._nfnl.close()
         if self._lister is not None:
             self._lister.close()
 

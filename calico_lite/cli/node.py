@@ -97,9 +97,11 @@ def cmd_node_status(args) -> int:
             if not args.node or e.value.get("node") == args.node]
     policy = {e.value.get("node"): e.value for e in ds.list(keys.POLICY_STATUS)}
     for r in rows:  # NAT outgoing and host protection are the policy controller's: as applied
+        p = policy.get(r.get("node"), {})
         for field in ("nat", "hostProtection"):
-            if policy.get(r.get("node"), {}).get(field) is not None:
-                r[field] = policy[r["node"]][field]
+            if p.get(field) is not None:
+                r[field] = p[field]
+        r["policyProblems"] = policy_problems(p)
     if args.node and not rows:
         raise LookupError(f"no status for node {args.node}: is its agent running?")
     print_result(rows, args.json, "\n\n".join(format_node_status(r) for r in rows))
@@ -176,7 +178,7 @@ def format_node_status(s: dict, now: float | None = None) -> str:
         lines += [f"    {f['prefix']:<18} via {f['via']} from {f['peer']}: {f['reason']}"
                   for f in filtered]
     lines += format_exports(s)
-    lines += [f"  problem: {problem}" for problem in bgp.get("problems", [])]
+    lines += [f"  problem: {problem}" for problem in bgp.get("problems", []) + s.get("policyProblems", [])]
     lines += [f"  note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
 
@@ -200,6 +202,17 @@ def format_exports(s: dict) -> list[str]:
         lines.append(f"  not announced (export filters): {total}")
         lines += [f"    {r['prefix']:<18} to {r['peer']}: {r['reason']}" for r in rows]
     return lines
+
+
+def policy_problems(status: dict) -> list[str]:
+    """What the node's last policy sync could not do, from its policy status record."""
+    out = []
+    if status.get("error"):
+        out.append(f"policy not applied, previous rules stay: {status['error']}")
+    if status.get("update_refused"):
+        out.append("policy: the kernel refused the incremental update, the whole table was loaded "
+                   f"instead: {status['update_refused']}")
+    return out
 
 
 def format_nat(nat: dict) -> str:

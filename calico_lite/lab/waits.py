@@ -100,6 +100,14 @@ class LabWaits:
         tells when it has."""
         start = time.monotonic()
         self.wait_mirrored(timeout)
+        self.wait_enforced(timeout)
+        return time.monotonic() - start
+
+    def wait_enforced(self, timeout: float = 30.0) -> float:
+        """Until every agent has enforced what the datastore holds as of now (a barrier write
+        makes each policy controller run once more); for writers of the datastore other than
+        kube-sync, such as bench/policy_lab.py. Returns the seconds it took."""
+        start = time.monotonic()
         ds = self.datastore()
         barrier = ds.put(keys.BARRIER, {"at": time.time()})
         pending = {n.name for n in self.plan.nodes}

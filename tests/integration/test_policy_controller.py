@@ -195,3 +195,32 @@ def test_a_node_setting_changes_host_protection_in_an_incremental_update(store, 
     status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
     assert status["hostProtection"]["action"] == "drop" and status["hostProtection"]["default"]
     assert "tcp:99999" in status["hostProtection"]["problem"]
+
+
+def test_an_update_the_kernel_refuses_is_replaced_by_a_full_load_and_reported(store, netns_nodes):
+    """Someone removed an element behind the controller's back: the next incremental update
+    (a netlink batch deleting it) is refused as a whole; the controller loads the whole table
+    and its status, which `node status` shows, says which command the kernel refused and why."""
+    from calico_lite.cli.node import policy_problems
+    from tests.nslib import sh
+    ds, cache = store
+    ctl_node, full_node = netns_nodes
+    ds.delete_prefix(keys.ROOT)
+    peer = NetworkPolicyPeer(pod_selector=LabelSelector.of({"app": "x"}))
+    for event in [("ns", "a", {"team": "x"}),
+                  ("pod", 1, Pod("a", "pod1", "10.240.0.1", {"app": "x"}, [], "cali1", NODE)),
+                  ("policy", "a/p1", NetworkPolicy("a", "p1", LabelSelector.of({}), ("Ingress",),
+                                                   (NetworkPolicyRule((peer,)),)))]:
+        write(ds, event)
+    ctl = PolicyController(cache, NODE, [NODE_IP])
+    ctl.applier = ctl_node.applier
+    ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    sh("nft", "delete", "element", "inet", "calico-lite", "pod_if_addr", '{ "cali1" . 10.240.0.1 }',
+       netns=ctl_node.netns)
+    write(ds, ("pod", 1, None))
+    status = ctl_node.call(ctl.sync_once, caught_up(ds, cache))
+    assert status["mode"] == "sync" and status["error"] == "", status
+    assert "pod_if_addr" in status["update_refused"] and "No such file" in status["update_refused"], status
+    assert any("refused the incremental update" in p for p in policy_problems(status))
+    full_node.call(full_node.applier.sync, full_table(cache))
+    assert_equal_tables(ctl_node, full_node, "the full load after a refused update")
