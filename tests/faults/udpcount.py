@@ -1,7 +1,8 @@
 """A UDP probe that counts what got through, per destination port, for the policy burst test.
 
 `python -m tests.faults.udpcount recv STATE STOP PORT...` (in the receiving pod) counts the
-datagrams arriving on each port and rewrites STATE (JSON: port -> count) after each one.
+datagrams arriving on each port and rewrites STATE (JSON: port -> count, and `arrivals`: when
+the first 20 on the first port arrived and were sent) after each one.
 `python -m tests.faults.udpcount send IP STATE STOP INTERVAL PORT...` (in the sending pod) sends one
 datagram to each port every INTERVAL seconds, each from a NEW socket (a new source port, so a
 new conntrack flow: an accepted earlier flow can never carry a later probe), until STOP exists;
@@ -19,7 +20,9 @@ import time
 
 def recv(state: str, stop: str, ports: list[int]) -> None:
     sel = selectors.DefaultSelector()
-    counts = {p: 0 for p in ports}
+    counts: dict = {p: 0 for p in ports}
+    first = ports[0]
+    counts["arrivals"] = []   # (arrival time, send time) of the first port's first 20
     for p in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("0.0.0.0", p))
@@ -30,14 +33,16 @@ def recv(state: str, stop: str, ports: list[int]) -> None:
         for key, _ in sel.select(0.2):
             while True:
                 try:
-                    key.fileobj.recv(64)
+                    data = key.fileobj.recv(64)
                 except BlockingIOError:
                     break
                 counts[key.data] += 1
+                if key.data == first and len(counts["arrivals"]) < 20:
+                    counts["arrivals"].append((time.time(), data.decode(errors="replace")))
             _write(state, counts)
 
 
-def _write(path: str, counts: dict[int, int]) -> None:
+def _write(path: str, counts: dict) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(counts, f)
     os.replace(path + ".tmp", path)
@@ -50,7 +55,7 @@ def send(ip: str, state: str, stop: str, interval: float, ports: list[int]) -> N
         for p in ports:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 try:
-                    s.sendto(b"probe", (ip, p))
+                    s.sendto(f"{time.time():.6f}".encode(), (ip, p))
                     sent[p] += 1
                 except OSError:
                     pass
