@@ -227,6 +227,11 @@ def policy_from_dict(doc: Any, path: str = "") -> NetworkPolicy:
     return NetworkPolicy(namespace, name, pod_selector, infer_policy_types(types, bool(egress)), ingress, egress)
 
 
+def _one_line(text: str) -> str:
+    """An error line with control characters escaped (a name or field key may hold a newline)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _doc_label(doc: Any) -> str:
     meta = doc.get("metadata") if isinstance(doc, dict) else None
     if isinstance(meta, dict) and isinstance(meta.get("name"), str):
@@ -263,7 +268,7 @@ def parse_manifests(text: str, source: str = "<stdin>") -> list[NetworkPolicy]:
         if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List"):
             items = doc.get("items")
             if not isinstance(items, list):
-                errors.append(f"{where} ({doc['kind']}): items: must be a list")
+                errors.append(_one_line(f"{where} ({doc['kind']}): items: must be a list"))
                 continue
             entries = [(f"items[{i}]", item) for i, item in enumerate(items)]
         else:
@@ -273,10 +278,10 @@ def parse_manifests(text: str, source: str = "<stdin>") -> list[NetworkPolicy]:
             try:
                 pol = policy_from_dict(item, path)
             except _Invalid as e:
-                errors.append(f"{label}: {e.path}: {e.msg}")
+                errors.append(_one_line(f"{label}: {e.path}: {e.msg}"))
                 continue
             if pol.key in seen:
-                errors.append(f"{label}: metadata.name: {pol.key} already defined in {seen[pol.key]}")
+                errors.append(_one_line(f"{label}: metadata.name: {pol.key} already defined in {seen[pol.key]}"))
                 continue
             seen[pol.key] = f"doc {index}"
             policies.append(pol)
