@@ -37,6 +37,7 @@ from calico_lite.policy_sync import RESYNC_SECONDS as POLICY_RESYNC
 from calico_lite.policy_sync import PolicyController
 from calico_lite.routing import BgpSettings, RoutingController
 from calico_lite.tunnels import setup_node_tunnels
+from calico_lite.workload_links import WorkloadLinkCheck, link_names
 from plugin import cni
 from plugin.link import uplink_mtu, write_sysctl
 from plugin.server import CniServer
@@ -198,6 +199,8 @@ class NodeAgent:
         self._spawn("routing", self.routing.run)
         self._spawn("policy", self.policy.run)
         self._spawn("ipam-housekeeping", self.housekeeping)
+        self._spawn("workload-links", WorkloadLinkCheck(
+            self.cache, self.cfg.node, link_names, self.metrics.links_missing.set).run)
         log.info(json.dumps({"event": "agent-ready", "node": self.cfg.node,
                              "socket": str(self.cfg.cni_socket), "pid": os.getpid()}))
 
