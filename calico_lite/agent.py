@@ -37,6 +37,7 @@ from calico_lite.policy_sync import RESYNC_SECONDS as POLICY_RESYNC
 from calico_lite.policy_sync import PolicyController
 from calico_lite.routing import BgpSettings, RoutingController
 from calico_lite.tunnels import setup_node_tunnels
+from calico_lite.workload_links import WorkloadLinkCheck, link_names
 from plugin import cni
 from plugin.link import uplink_mtu, write_sysctl
 from plugin.server import CniServer
@@ -208,6 +209,8 @@ class NodeAgent:
         self._spawn("routing", self.routing.run)
         self._spawn("policy", self.policy.run)
         self._spawn("ipam-housekeeping", self.housekeeping)
+        self._spawn("workload-links", WorkloadLinkCheck(
+            self.cache, self.cfg.node, link_names, self.metrics.links_missing.set).run)
         log.info(json.dumps({"event": "agent-ready", "node": self.cfg.node,
                              "socket": str(self.cfg.cni_socket), "pid": os.getpid()}))
 
@@ -252,9 +255,41 @@ class NodeAgent:
         self.stop_event.set()
 
     def run_forever(self) -> None:
+        trace_memory(os.environ.get("CALICO_LITE_TRACEMALLOC", ""))
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGUSR2, lambda *_: self.leave())
         self.start()
         self.stop_event.wait()
         self.stop()
+
+
+def trace_memory(folder: str) -> None:
+    """A debugging aid (bench/agent_memory.py): with CALICO_LITE_TRACEMALLOC=FOLDER the agent
+    traces its allocations, and each SIGUSR1 writes a tracemalloc snapshot FOLDER/snap-N and,
+    in FOLDER/snap-N.json, the RSS before and after glibc's malloc_trim (memory the allocator
+    holds free but has not given back)."""
+    if not folder:
+        return
+    import ctypes
+    import tracemalloc
+    tracemalloc.start(30)
+    taken = [0]
+
+    def status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+    def dump(*_) -> None:
+        taken[0] += 1
+        path = os.path.join(folder, f"snap-{taken[0]}")
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        before = status("VmRSS")
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/maps") as f:
+            mappings = sum(1 for _ in f)
+        with open(path + ".json", "w") as f:
+            json.dump({"rss_kib": before, "rss_after_trim_kib": status("VmRSS"), "threads": status("Threads"),
+                       "mappings": mappings, "anon_kib": status("RssAnon")}, f)
+        os.replace(path + ".tmp", path)
+    signal.signal(signal.SIGUSR1, dump)

@@ -21,7 +21,7 @@ GC_GRACE_SECONDS = 60.0
 
 @dataclass
 class Finding:
-    kind: str      # leaked-handle | orphan-allocation | conflict | stale-workload
+    kind: str      # leaked-handle | orphan-allocation | conflict | stale-workload | missing-interface
     ip: str
     handle: str
     detail: str
@@ -42,8 +42,11 @@ class Report:
 
 
 def check(blocks: list[Block], handles: dict[str, dict], workloads: dict[str, dict],
-          netns_exists: Callable[[str], bool], now: float, grace: float) -> Report:
-    """handles: handle id -> record; workloads: handle id -> workload record (pure)."""
+          netns_exists: Callable[[str], bool], now: float, grace: float,
+          link_exists: Callable[[str, str], bool] = lambda netns, ifname: True) -> Report:
+    """handles: handle id -> record; workloads: handle id -> workload record (pure).
+    link_exists(netns, ifname): whether a pod's interface is still in its namespace (a veth
+    whose host end was deleted takes the pod end with it)."""
     r = Report(handles=len(handles))
     by_ip: dict[str, list[str]] = {}
     for b in blocks:
@@ -65,6 +68,10 @@ def check(blocks: list[Block], handles: dict[str, dict], workloads: dict[str, di
         young = now - rec.get("created", 0) < grace
         if (w and netns_exists(w.get("netns", ""))) or rec.get("tunnel"):
             r.in_use += 1  # a pod that exists, or a node's tunnel address (no workload)
+            if w and w.get("ifname") and not link_exists(w["netns"], w["ifname"]):
+                r.findings.append(Finding("missing-interface", ip, h, (
+                    f"pod {w.get('namespace')}/{w.get('pod')} has no {w['ifname']} in {w['netns']} "
+                    f"(its host end {w.get('host_ifname')} was deleted?); the address stays with the pod")))
         elif w:
             r.findings.append(Finding("stale-workload", ip, h,
                                       f"pod {w.get('namespace')}/{w.get('pod')} netns {w.get('netns')} is gone"))
@@ -79,7 +86,24 @@ def load_and_check(ds: Datastore, grace: float = GC_GRACE_SECONDS) -> Report:
     handles = {e.key[len(keys.HANDLES):]: e.value for e in ds.list(keys.HANDLES)}
     workloads = {e.value["handle"]: e.value for e in ds.list(keys.WORKLOADS)}
     return check(blocks, handles, workloads,
-                 lambda p: bool(p) and os.path.exists(p), time.time(), grace)
+                 lambda p: bool(p) and os.path.exists(p), time.time(), grace, _pod_link_exists)
+
+
+def _pod_link_exists(netns: str, ifname: str) -> bool:
+    """Whether `ifname` exists inside the namespace at `netns` (looked up from a thread that
+    enters it); True when the namespace cannot be entered (not this check's finding)."""
+    import socket
+    from plugin.netns import NetnsError, run_in_netns
+
+    def lookup() -> bool:
+        try:
+            return socket.if_nametoindex(ifname) > 0
+        except OSError:
+            return False
+    try:
+        return run_in_netns(netns, lookup)
+    except (NetnsError, OSError):
+        return True
 
 
 def gc(ds: Datastore, grace: float = GC_GRACE_SECONDS) -> list[Finding]:

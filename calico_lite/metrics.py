@@ -47,6 +47,9 @@ class AgentMetrics:
             ["mode"], buckets=POLICY_BUCKETS, registry=r)
         self.policy_errors = Counter(PREFIX + "policy_sync_errors",
                                      "Policy syncs not applied (the previous rules stayed)", registry=r)
+        self.links_missing = Gauge(PREFIX + "workload_interfaces_missing",
+                                   "Local pods whose host-side interface is gone (deleted or "
+                                   "renamed behind the agent's back)", registry=r)
         self.policy_count = Gauge(PREFIX + "policy_policies", "NetworkPolicies compiled", registry=r)
         self.policy_pods = Gauge(PREFIX + "policy_local_pods", "Local pods in the ruleset", registry=r)
         self.ruleset = Gauge(PREFIX + "policy_ruleset_objects",

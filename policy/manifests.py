@@ -23,10 +23,11 @@ API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
 DEFAULT_NAMESPACE = "default"
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# \Z, not $: `$` also matches before a trailing newline ("web\n" passed as a name or label)
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 
 
 class PolicyError(ValueError):
@@ -37,7 +38,10 @@ class PolicyError(ValueError):
         super().__init__("\n".join(errors))
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
+    """One invalid field. A ValueError, so callers that read single objects (kube-sync's
+    informer, the agent's policy controller) treat it as a record they cannot read."""
+
     def __init__(self, path: str, msg: str):
         super().__init__(f"{path}: {msg}")
         self.path, self.msg = path, msg
@@ -140,6 +144,7 @@ def _ip_block(raw: Any, path: str) -> IPBlock:
 
 def _peer(raw: Any, path: str) -> NetworkPolicyPeer:
     m = _mapping(raw, path, {"podSelector", "namespaceSelector", "ipBlock"})
+    m = {k: v for k, v in m.items() if v is not None}   # null is absent (a nil pointer), never "all"
     if not m:
         raise _Invalid(path, "must specify at least one of podSelector, namespaceSelector, ipBlock")
     if "ipBlock" in m and len(m) > 1:
@@ -164,7 +169,7 @@ def _port(raw: Any, path: str) -> NetworkPolicyPort:
     if proto not in PROTOCOLS:
         raise _Invalid(f"{path}.protocol", f"{proto!r}: must be one of {', '.join(PROTOCOLS)}")
     port = m.get("port")
-    if isinstance(port, str) and port.isdigit():
+    if isinstance(port, str) and port.isascii() and port.isdigit():
         port = int(port)  # IntOrString given as "80"
     if isinstance(port, str):
         if len(port) > 15 or not _SVC_NAME.match(port) or "--" in port or not re.search("[a-z]", port):
@@ -178,7 +183,7 @@ def _port(raw: Any, path: str) -> NetworkPolicyPort:
         if not isinstance(port, int):
             raise _Invalid(f"{path}.endPort", "may only be set with a numeric port")
         if end < port:
-            raise _Invalid(f"{path}.endPort", f"{end} must be greater than or equal to port {port}")
+            raise _Invalid(f"{path}.endPort", f"{end} is below port {port}")
     return NetworkPolicyPort(proto, port, end)
 
 
@@ -222,6 +227,11 @@ def policy_from_dict(doc: Any, path: str = "") -> NetworkPolicy:
     return NetworkPolicy(namespace, name, pod_selector, infer_policy_types(types, bool(egress)), ingress, egress)
 
 
+def _one_line(text: str) -> str:
+    """An error line with control characters escaped (a name or field key may hold a newline)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _doc_label(doc: Any) -> str:
     meta = doc.get("metadata") if isinstance(doc, dict) else None
     if isinstance(meta, dict) and isinstance(meta.get("name"), str):
@@ -258,7 +268,7 @@ def parse_manifests(text: str, source: str = "<stdin>") -> list[NetworkPolicy]:
         if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List"):
             items = doc.get("items")
             if not isinstance(items, list):
-                errors.append(f"{where} ({doc['kind']}): items: must be a list")
+                errors.append(_one_line(f"{where} ({doc['kind']}): items: must be a list"))
                 continue
             entries = [(f"items[{i}]", item) for i, item in enumerate(items)]
         else:
@@ -268,10 +278,10 @@ def parse_manifests(text: str, source: str = "<stdin>") -> list[NetworkPolicy]:
             try:
                 pol = policy_from_dict(item, path)
             except _Invalid as e:
-                errors.append(f"{label}: {e.path}: {e.msg}")
+                errors.append(_one_line(f"{label}: {e.path}: {e.msg}"))
                 continue
             if pol.key in seen:
-                errors.append(f"{label}: metadata.name: {pol.key} already defined in {seen[pol.key]}")
+                errors.append(_one_line(f"{label}: metadata.name: {pol.key} already defined in {seen[pol.key]}"))
                 continue
             seen[pol.key] = f"doc {index}"
             policies.append(pol)

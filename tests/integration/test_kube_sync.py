@@ -271,3 +271,32 @@ def test_services_and_endpointslices_reach_etcd(cluster):
     gone(c, key)
     c.kubectl("delete", "service", "-n", "ks-svc", "web")
     gone(c, keys.k8s_service("ks-svc", "web"))
+
+
+def test_a_policy_the_api_accepts_but_we_cannot_read_is_reported_and_the_last_good_version_stays(cluster):
+    """The API server does not refuse a duplicate policyTypes entry; our parser does. kube-sync
+    logs the key and why, reports it in its status, keeps the policy's last good record (never
+    a policy silently dropped or opened) and goes on mirroring everything else."""
+    c = cluster
+    c.apply(namespace("ks-odd"))
+    good = policy("ks-odd", "dup")
+    c.apply(good)
+    arrived(c, keys.k8s_policy("ks-odd", "dup"))
+    before = c.get(keys.k8s_policy("ks-odd", "dup"))
+    errors = c.get(keys.kube_sync_status("networkpolicies"))["errors"]
+    odd = policy("ks-odd", "dup", port=8080)
+    odd["spec"]["policyTypes"] = ["Ingress", "Ingress"]
+    p = c.kubectl("apply", "-f", "-", input=json.dumps(odd), check=False)
+    assert p.returncode == 0, p.stderr   # accepted by the API server
+    status = wait_for(lambda: (s := c.get(keys.kube_sync_status("networkpolicies")))["errors"] > errors and s,
+                      "the refused policy in kube-sync's status", timeout=60, interval=0.2)
+    assert keys.k8s_policy("ks-odd", "dup") in status["error"] and "policyTypes" in status["error"], status
+    c.apply(policy("ks-odd", "after"))    # the rest still flows, the odd one keeps its last good record
+    arrived(c, keys.k8s_policy("ks-odd", "after"))
+    wait_for(lambda: c.get(keys.kube_sync_status("networkpolicies"))["synced"], "synced again",
+             timeout=60, interval=0.2)
+    assert c.get(keys.k8s_policy("ks-odd", "dup")) == before
+    log = c.log("kube-sync")
+    assert "not mirrored" in log and "Traceback" not in log, log[-3000:]
+    c.kubectl("delete", "networkpolicy", "-n", "ks-odd", "dup", "after")
+    gone(c, keys.k8s_policy("ks-odd", "dup"))

@@ -53,3 +53,12 @@ def test_a_nodes_tunnel_address_is_in_use_without_a_workload():
     b = Block("10.0.0.0/30", "n1", "p", {0: "vxlan-tunnel-addr-n1"})
     r = run([b], {"vxlan-tunnel-addr-n1": {**rec("10.0.0.0"), "tunnel": "vxlan"}}, {})
     assert r.ok and r.in_use == 1
+
+
+def test_a_pod_whose_interface_is_gone_is_reported_and_still_in_use():
+    b = Block("10.0.0.0/30", "n1", "p", {0: "a/eth0"})
+    w = {"a/eth0": {"netns": "/ns/a", "ifname": "eth0", "pod": "x", "host_ifname": "cali1"}}
+    r = check([b], {"a/eth0": rec("10.0.0.0")}, w, lambda p: True, NOW, 60, lambda ns, ifname: False)
+    assert [f.kind for f in r.findings] == ["missing-interface"] and r.in_use == 1
+    assert "cali1" in r.findings[0].detail
+    assert check([b], {"a/eth0": rec("10.0.0.0")}, w, lambda p: True, NOW, 60, lambda ns, ifname: True).ok

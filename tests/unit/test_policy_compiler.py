@@ -3,10 +3,10 @@ import ipaddress
 import pytest
 
 from policy.compiler import (
-    EGRESS_MAP, INGRESS_MAP, LOCAL_IFACES, NODE_IPS, POD_IF_ADDR, compile_ruleset, ipblock_networks, policy_id,
+    EGRESS_MAP, INGRESS_MAP, LOCAL_IFACES, NODE_IPS, POD_IF_ADDR, compile_ruleset, ipblock_networks, policy_id, rule_stem,
 )
 from policy.manifests import parse_manifests
-from policy.model import ContainerPort, IPBlock, Namespace, NetworkPolicyPeer, Pod
+from policy.model import EGRESS, INGRESS, ContainerPort, IPBlock, Namespace, NetworkPolicyPeer, Pod
 from policy.ruleset import Chain, Rule, render_nft, render_update
 
 NS = [Namespace("a", {"team": "alpha"}), Namespace("b", {"team": "beta"})]
@@ -70,12 +70,12 @@ ingress:
 - from: [{namespaceSelector: {}}]""")
     rs = compile_ruleset(pol, pods(), NS, [])
     pid = policy_id(pol[0])
-    assert rs.sets[f"{pid}_i0_pods"].elements == {"10.240.1.2"}
-    assert rs.sets[f"{pid}_i1_pods"].elements == {"10.240.2.1", "10.240.2.2"}
-    assert rs.sets[f"{pid}_i2_pods"].elements == {"10.240.2.2"}
-    assert rs.sets[f"{pid}_i3_pods"].elements == {p.ip for p in pods()}
+    assert rs.sets[f"{rule_stem(pol[0], INGRESS, 0)}_pods"].elements == {"10.240.1.2"}
+    assert rs.sets[f"{rule_stem(pol[0], INGRESS, 1)}_pods"].elements == {"10.240.2.1", "10.240.2.2"}
+    assert rs.sets[f"{rule_stem(pol[0], INGRESS, 2)}_pods"].elements == {"10.240.2.2"}
+    assert rs.sets[f"{rule_stem(pol[0], INGRESS, 3)}_pods"].elements == {p.ip for p in pods()}
     body = rules_text(rs, "ing_caliweb")
-    assert f"ip saddr @{pid}_i0_pods accept comment \"a/web ingress[0]\"" in body
+    assert f"ip saddr @{rule_stem(pol[0], INGRESS, 0)}_pods accept comment \"a/web ingress[0]\"" in body
     assert "calicli" not in rs.maps[INGRESS_MAP].as_dict()
 
 
@@ -85,7 +85,7 @@ podSelector: {}
 ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: c}}}]}]""")
     extra = Pod("c", "p", "10.240.3.3", {}, [], None, None)
     rs = compile_ruleset(pol, pods() + [extra], NS, [])
-    assert rs.sets[f"{policy_id(pol[0])}_i0_pods"].elements == {"10.240.3.3"}
+    assert rs.sets[f"{rule_stem(pol[0], INGRESS, 0)}_pods"].elements == {"10.240.3.3"}
 
 
 def test_ipblock_except_makes_interval_set():
@@ -93,7 +93,7 @@ def test_ipblock_except_makes_interval_set():
 podSelector: {}
 ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 10.0.0.0/26]}}, {ipBlock: {cidr: 'fd00::/64'}}]}]""")
     rs = compile_ruleset(pol, pods(), NS, [])
-    s = rs.sets[f"{policy_id(pol[0])}_i0_cidrs"]
+    s = rs.sets[f"{rule_stem(pol[0], INGRESS, 0)}_cidrs"]
     assert s.interval and s.elements == {"10.0.0.64/26"}
 
 
@@ -134,12 +134,12 @@ egress:
 - ports: [{protocol: UDP, port: dns}]""")
     rs = compile_ruleset(pol, pods(), NS, [])
     pid = policy_id(pol[0])
-    assert rs.sets[f"{pid}_e0_named"].elements == {"10.240.1.1 . tcp . 8080", "10.240.2.1 . tcp . 9000"}
-    assert rs.sets[f"{pid}_e1_named"].elements == {"10.240.1.2 . udp . 53"}
+    assert rs.sets[f"{rule_stem(pol[0], EGRESS, 0)}_named"].elements == {"10.240.1.1 . tcp . 8080", "10.240.2.1 . tcp . 9000"}
+    assert rs.sets[f"{rule_stem(pol[0], EGRESS, 1)}_named"].elements == {"10.240.1.2 . udp . 53"}
     body = rules_text(rs, "egr_calicli")
     assert body[0].startswith("ip daddr @node_ips return")
-    assert f"ip daddr @{pid}_e0_pods meta l4proto . th dport {{ tcp . 443 }} return comment \"a/x egress[0]\"" in body
-    assert f"ip daddr . meta l4proto . th dport @{pid}_e0_named return comment \"a/x egress[0]\"" in body
+    assert f"ip daddr @{rule_stem(pol[0], EGRESS, 0)}_pods meta l4proto . th dport {{ tcp . 443 }} return comment \"a/x egress[0]\"" in body
+    assert f"ip daddr . meta l4proto . th dport @{rule_stem(pol[0], EGRESS, 0)}_named return comment \"a/x egress[0]\"" in body
     assert body[-1].startswith("drop")
     assert rs.maps[EGRESS_MAP].as_dict() == {"calicli": "egr_calicli"} and rs.maps[INGRESS_MAP].elements == ()
 
@@ -176,7 +176,7 @@ def test_update_for_new_pod_touches_only_elements_and_its_chain():
     lines = text.splitlines()
     assert "add chain inet calico-lite ing_calic3" in lines
     assert 'add element inet calico-lite ingress_dispatch { "calic3" : jump ing_calic3 }' in lines
-    assert f"add element inet calico-lite {policy_id(pol[0])}_i0_pods {{ 10.240.1.3 }}" in lines
+    assert f"add element inet calico-lite {rule_stem(pol[0], INGRESS, 0)}_pods {{ 10.240.1.3 }}" in lines
     assert not any("caliweb" in line for line in lines)
     assert summary == "map+1 elem+3 chain+1"
     back, summary = render_update(new, old)

@@ -153,7 +153,7 @@ def test_list_item_errors_name_the_item():
     ("ingress: [{ports: [{port: 80, protocol: ICMP}]}]", "ports[0].protocol: 'ICMP'"),
     ("ingress: [{ports: [{port: http, endPort: 90}]}]", "ports[0].endPort: may only be set with a numeric port"),
     ("ingress: [{ports: [{endPort: 90}]}]", "ports[0].endPort: may only be set with a numeric port"),
-    ("ingress: [{ports: [{port: 100, endPort: 90}]}]", "ports[0].endPort: 90 must be greater than or equal to port 100"),
+    ("ingress: [{ports: [{port: 100, endPort: 90}]}]", "ports[0].endPort: 90 is below port 100"),
     ("ingress: [{ports: [{port: a-very-long-port-name}]}]", "not a valid port name"),
     ("ingress: [{ports: [{port: '123'}]}]", None),
     ("egress: [{to: [{podSelector: {}}], port: [{port: 80}]}]", "spec.egress[0].port: unknown field"),

@@ -2,9 +2,9 @@
 one transaction, each before anything refers to it and after nothing refers to it any more."""
 import pytest
 
-from policy.compiler import INGRESS_MAP, compile_ruleset, policy_id
+from policy.compiler import INGRESS_MAP, compile_ruleset, rule_stem
 from policy.manifests import parse_manifests
-from policy.model import ContainerPort, Namespace, Pod
+from policy.model import INGRESS, ContainerPort, Namespace, Pod
 from policy.ruleset import Chain, NftSet, Ruleset, render_update
 
 NS = [Namespace("a", {"team": "alpha"}), Namespace("b", {"team": "beta"})]
@@ -45,7 +45,7 @@ def position(text: str, prefix: str) -> int:
 def test_adding_a_policy_creates_its_sets_before_the_rules_and_dispatch_that_use_them():
     old, new = compile_(DENY), compile_(DENY + WEB)
     text, summary = render_update(old, new)
-    stem = f"{policy_id(WEB[0])}_i0"
+    stem = rule_stem(WEB[0], INGRESS, 0)
     assert summary == "set+2 chain~1", summary  # ing_caliweb refilled; no new dispatch entry
     pods_set = position(text, f"add set {T} {stem}_pods ")
     cidrs_set = position(text, f"add set {T} {stem}_cidrs ")
@@ -61,7 +61,7 @@ def test_adding_a_policy_creates_its_sets_before_the_rules_and_dispatch_that_use
 def test_removing_a_policy_flushes_its_chains_before_deleting_its_sets():
     old, new = compile_(DENY + WEB), compile_(DENY)
     text, summary = render_update(old, new)
-    stem = f"{policy_id(WEB[0])}_i0"
+    stem = rule_stem(WEB[0], INGRESS, 0)
     assert summary == "set-2 chain~1", summary
     flush = position(text, f"flush chain {T} ing_caliweb")
     assert flush < position(text, f"delete set {T} {stem}_pods") and flush < position(text, f"delete set {T} {stem}_cidrs")
