@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
 
