@@ -24,12 +24,12 @@ import time
 import yaml
 
 from calico_lite import keys
-from calico_lite.policy_inputs import inputs_from, nat_inputs
+from calico_lite.policy_inputs import inputs_from, pods_by_workload
+from calico_lite.policy_sync import node_tables
 from policy.compiler import compile_ruleset
 from policy.manifests import policy_to_dict
 from policy.model import (IPBlock, LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
                           NetworkPolicyRule)
-from policy.nat import nat_chain, nat_sets, nat_state, with_nat
 from tests.conftest import REPO, SHIM
 from tests.faults.agent_node import AgentNode, agent_node, wait_until
 from tests.nft_node import nft_nodes, normalized
@@ -63,15 +63,16 @@ def kernel_table(node: AgentNode) -> dict | None:
 
 
 def full_sync_table(node: AgentNode) -> dict:
-    """Our table as a fresh full load of every record in etcd makes it (in a scratch netns)."""
+    """Our table as a fresh full load of every record in etcd makes it (in a scratch netns):
+    policy, NAT outgoing and host protection (policy_sync.node_tables)."""
     records = {}
     for prefix in (keys.K8S_POLICIES, keys.K8S_PODS, keys.WORKLOADS, keys.K8S_NAMESPACES,
-                   keys.POOLS, keys.NODES):
+                   keys.POOLS, keys.NODES, keys.NODE_CONFIG):
         records[prefix] = {k: v for k, v, _ in node.ds("list", prefix=prefix)}
-    policies, pods, namespaces = inputs_from(records.__getitem__, node.name)
-    rs = compile_ruleset(policies, pods, namespaces, [node.address])
-    rs = with_nat(rs, nat_sets(nat_state(*nat_inputs(records[keys.POOLS], records[keys.NODES]))),
-                  nat_chain())
+    policies, _, namespaces = inputs_from(records.__getitem__, node.name)
+    pods = pods_by_workload(records[keys.K8S_PODS], records[keys.WORKLOADS], node.name)
+    rs = compile_ruleset(policies, pods.values(), namespaces, [node.address])
+    rs = node_tables(rs, records.__getitem__, node.name, pods)[0]
     with nft_nodes("pbx", ("full",)) as (full,):
         full.call(full.applier.sync, rs)
         return full.table()
