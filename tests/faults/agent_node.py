@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tests.conftest import CLI, REPO
+from tests.conftest import CLI, REPO, SHIM
+from tests.nft_node import normalized
 from tests.nslib import attach_to_segment, remove_netns_with_prefix, sh, unique_prefix, wait_for
 
 ETCD = "http://127.0.0.1:2379"
@@ -122,6 +125,29 @@ class AgentNode:
             raise AssertionError(f"calico-lite {' '.join(args)}: {p.stdout}{p.stderr}")
         return p
 
+    def cni(self, command: str, container: str, netns: str, pod: str,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        """One CNI call through the real shim to this node's agent (pod a/POD, eth0)."""
+        conf = {"cniVersion": "1.0.0", "name": "k8s", "type": "calico-lite",
+                "agent_socket": str(self.root / "cni.sock")}
+        env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
+               "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_IFNAME": "eth0",
+               "CNI_PATH": "/opt/cni/bin",
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=a;K8S_POD_NAME={pod}"}
+        return sh(str(SHIM), input=json.dumps(conf), env=env, check=False, timeout=timeout)
+
+    def cni_add(self, container: str, netns: str, pod: str) -> dict:
+        """A successful ADD's result."""
+        p = self.cni("ADD", container, netns, pod)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        return json.loads(p.stdout)
+
+    def add_pod(self, pod: str) -> str:
+        """The pod a/POD in a namespace of its own (PREFIX+POD), wired by ADD; its address."""
+        netns = f"{self.prefix}{pod}"
+        sh("ip", "netns", "add", netns)
+        return self.cni_add(f"ctr-{pod}", netns, pod)["ips"][0]["address"].split("/")[0]
+
     def ds(self, op: str, **kw):
         """One raw datastore call (tests/ds_helper.py in the node namespace)."""
         if self._ds is None:
@@ -149,6 +175,17 @@ class AgentNode:
     def metrics(self) -> str:
         return sh("ip", "netns", "exec", self.netns, "curl", "-s",
                   "http://127.0.0.1:9099/metrics").stdout
+
+    def filtered_counts(self) -> dict[tuple[str, str], float]:
+        """calico_lite_bgp_prefixes_filtered_total by (peer, reason), from /metrics."""
+        rows = re.findall(r'^calico_lite_bgp_prefixes_filtered_total\{peer="([^"]+)",'
+                          r'reason="([^"]+)"\} (\S+)', self.metrics(), re.M)
+        return {(peer, reason): float(v) for peer, reason, v in rows}
+
+    def kernel_table(self) -> dict | None:
+        """Our `inet calico-lite` table in the node, normalized (None: no table)."""
+        p = sh("nft", "-j", "list", "table", "inet", "calico-lite", netns=self.netns, check=False)
+        return normalized(p.stdout) if p.returncode == 0 else None
 
     def routes(self, *selector: str) -> dict[str, list[str]]:
         """Kernel routes of the node (all, or those `selector` picks): prefix -> gateways."""

@@ -5,7 +5,6 @@ limit. Each is logged once, counted in `node status` and in /metrics, and never 
 node's kernel table; the good prefixes are installed."""
 from __future__ import annotations
 
-import re
 import shutil
 
 import pytest
@@ -21,12 +20,6 @@ MORE = [f"10.244.{i}.0/26" for i in range(10, 18)]
 LIMIT = 6
 
 pytestmark = pytest.mark.skipif(not shutil.which("gobgpd"), reason="gobgpd not installed")
-
-
-def filtered_counter(metrics: str) -> dict[tuple[str, str], float]:
-    rows = re.findall(r'^calico_lite_bgp_prefixes_filtered_total\{peer="([^"]+)",reason="([^"]+)"\} (\S+)',
-                      metrics, re.M)
-    return {(peer, reason): float(v) for peer, reason, v in rows}
 
 
 def announce_everything(node) -> None:
@@ -54,7 +47,7 @@ def assert_logged_once_and_counted(node, over: list[str]) -> None:
     for prefix in [*BAD, *over]:
         assert log.count(f'"prefix": "{prefix}"') == 1, f"{prefix} logged {log.count(prefix)} times"
     assert '"event": "bgp-max-prefixes-exceeded"' in log
-    counts = filtered_counter(node.metrics())
+    counts = node.filtered_counts()
     for kind in ("default-route", "outside-pools", "covers-pool", "too-short", "wrong-next-hop"):
         assert counts[(GOBGP, kind)] == 1.0, counts
     assert counts[(GOBGP, "max-prefixes")] == 5.0, counts

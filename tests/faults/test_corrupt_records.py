@@ -5,8 +5,6 @@ rules of the good records stay, a pod ADD still gets an address (outside the gar
 later good changes still apply, and a restarted agent comes up the same way."""
 from __future__ import annotations
 
-import json
-import os
 
 from calico_lite import keys
 from calico_lite.policy_inputs import pods_by_workload
@@ -14,9 +12,8 @@ from calico_lite.policy_sync import node_tables
 from policy.compiler import compile_ruleset
 from policy.manifests import policy_to_dict
 from policy.model import LabelSelector, Namespace, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule
-from tests.conftest import SHIM
 from tests.faults.agent_node import agent_node, wait_until
-from tests.nft_node import nft_nodes, normalized
+from tests.nft_node import nft_nodes
 from tests.nslib import sh
 
 ROUTE = "10.244.5.0/26"
@@ -52,22 +49,6 @@ def expected_table(node, policies: dict[str, dict], workloads: dict[str, dict]) 
         return full.table()
 
 
-def kernel_table(node) -> dict | None:
-    p = sh("nft", "-j", "list", "table", "inet", "calico-lite", netns=node.netns, check=False)
-    return normalized(p.stdout) if p.returncode == 0 else None
-
-
-def cni_add(node, pod_ns: str, container: str) -> dict:
-    conf = {"cniVersion": "1.0.0", "name": "k8s", "type": "calico-lite",
-            "agent_socket": str(node.root / "cni.sock")}
-    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": container,
-           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
-           "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=a;K8S_POD_NAME=pod3"}
-    p = sh(str(SHIM), input=json.dumps(conf), env=env, check=False, timeout=60)
-    assert p.returncode == 0, (p.stdout, p.stderr)
-    return json.loads(p.stdout)
-
-
 def start_with_good_records(node) -> dict[str, dict]:
     """Good records, a route from GoBGP, an agent; returns the policies written."""
     for key, value in {**NS, **PODS, **WORKLOADS}.items():
@@ -86,7 +67,7 @@ def start_with_good_records(node) -> dict[str, dict]:
     node.announce(ROUTE)
     wait_until(lambda: ROUTE in node.routes("proto", "88"), "the learned route")
     want = expected_table(node, policies, WORKLOADS)
-    wait_until(lambda: kernel_table(node) == want, "the rules of the good records")
+    wait_until(lambda: node.kernel_table() == want, "the rules of the good records")
     return policies
 
 
@@ -111,7 +92,7 @@ def restart_with_garbage(node, later: dict[str, dict]) -> None:
     workloads.update({e[0]: e[1] for e in node.ds("list", prefix=keys.workload("n1", "c3"))})
     policies = {k: v for k, v in later.items() if not k.endswith("only-y-to-x")}
     want = expected_table(node, policies, workloads)
-    wait_until(lambda: kernel_table(node) == want, "the good records' rules after a restart")
+    wait_until(lambda: node.kernel_table() == want, "the good records' rules after a restart")
     assert ROUTE in node.routes("proto", "88") and node.agent_alive()
     assert "Traceback" not in node.log_text()
 
@@ -125,12 +106,12 @@ def test_corrupt_records_are_logged_and_skipped_and_nothing_good_is_lost():
         node.ds("put", key=keys.k8s_policy("a", "only-y-to-y"), value=later[
             keys.k8s_policy("a", "only-y-to-y")])
         want = expected_table(node, later, WORKLOADS)   # h2 keeps its last good record
-        wait_until(lambda: kernel_table(node) == want, "the good change, nothing else lost")
+        wait_until(lambda: node.kernel_table() == want, "the good change, nothing else lost")
 
         # an ADD skips the garbage block (never overwritten) and claims the next one
         pod_ns = f"{node.prefix}pod3"
         sh("ip", "netns", "add", pod_ns)
-        result = cni_add(node, pod_ns, "c3")
+        result = node.cni_add("c3", pod_ns, "pod3")
         ip = result["ips"][0]["address"].split("/")[0]
         assert ip.startswith("10.244.0.") and int(ip.rsplit(".", 1)[1]) >= 64, ip
         block = sh("ip", "netns", "exec", node.netns, "etcdctl", "--endpoints",

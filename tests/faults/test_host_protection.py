@@ -20,7 +20,7 @@ import pytest
 
 from bgp.exabgp import CONFIG_NAME
 from calico_lite import keys
-from tests.conftest import REPO, SHIM
+from tests.conftest import REPO
 from tests.faults.agent_node import agent_node, wait_until
 from tests.nslib import sh
 
@@ -36,14 +36,7 @@ def _py(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def cni_add(node, pod_ns: str, name: str) -> dict:
-    conf = {"cniVersion": "1.0.0", "name": "k8s", "type": "calico-lite",
-            "agent_socket": str(node.root / "cni.sock")}
-    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"hp-{name}",
-           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
-           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=a;K8S_POD_NAME={name}"}
-    p = sh(str(SHIM), input=json.dumps(conf), env=env, check=False, timeout=60)
-    assert p.returncode == 0, (p.stdout, p.stderr)
-    res = json.loads(p.stdout)
+    res = node.cni_add(f"hp-{name}", pod_ns, name)
     host_if = res["interfaces"][0]["name"]
     return {"ns": pod_ns, "ip": res["ips"][0]["address"].split("/")[0], "host_if": host_if,
             "mac": res["interfaces"][1]["mac"]}

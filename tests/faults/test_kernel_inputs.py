@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 
 from tests.faults.agent_node import AgentNode, agent_node, wait_until
-from tests.faults.test_policy_burst import cni_add
 from tests.nslib import sh
 
 PROTO = "88"
@@ -45,7 +44,7 @@ def test_hand_made_proto_88_routes_are_removed_and_missing_pod_interfaces_are_re
         sh("ip", "route", "add", "default", "via", "10.99.1.1", netns=node.netns)   # proxy ARP needs one
         node.start_agent()
         wait_until(lambda: (node.root / "cni.sock").exists(), "the agent's CNI socket")
-        ips = {pod: cni_add(node, pod) for pod in ("t", "c", "o")}
+        ips = {pod: node.add_pod(pod) for pod in ("t", "c", "o")}
         devices = pod_routes(node)
         assert set(devices) == set(ips.values()), devices
         assert reaches(node, "c", ips["o"]) and reaches(node, "t", ips["c"])

@@ -22,7 +22,6 @@ from policy.compiler import compile_ruleset
 from policy.manifests import PolicyError, parse_manifests, policy_to_dict
 from policy.model import ContainerPort, Namespace, Pod
 from tests.faults.agent_node import agent_node, wait_until
-from tests.faults.test_policy_burst import kernel_table
 from tests.nft_node import nft_nodes
 
 SOAK = os.environ.get("CALICO_LITE_SOAK", "") not in ("", "0")
@@ -81,7 +80,7 @@ def test_invalid_manifests_are_refused_naming_the_field_and_the_rules_are_untouc
         node.start_agent()
         wait_until(lambda: (node.ds("get", key=keys.policy_status(node.name)) or [{}])[0]
                    .get("policies") == 1, "the good policy in the agent's ruleset")
-        before, records = kernel_table(node), node.ds("list", prefix=keys.K8S_POLICIES)
+        before, records = node.kernel_table(), node.ds("list", prefix=keys.K8S_POLICIES)
         assert before and before["chain"], before
         # every bad document in one file after a good one: each reported on its own line, naming
         # its document and field; all or nothing, so the good one is not applied either
@@ -98,7 +97,7 @@ def test_invalid_manifests_are_refused_naming_the_field_and_the_rules_are_untouc
             assert line.startswith(f"{manifest}: doc {i} (") and expected in line, (expected, line)
         assert node.ds("list", prefix=keys.K8S_POLICIES) == records   # same revisions: nothing written
         wait_until(lambda: node.log_text().count('"event": "policy-sync"') >= 1, "a policy sync")
-        assert kernel_table(node) == before
+        assert node.kernel_table() == before
         assert node.agent_alive() and "Traceback" not in node.log_text()
 
 

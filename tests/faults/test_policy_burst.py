@@ -30,9 +30,9 @@ from policy.compiler import compile_ruleset
 from policy.manifests import policy_to_dict
 from policy.model import (IPBlock, LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
                           NetworkPolicyRule)
-from tests.conftest import REPO, SHIM
+from tests.conftest import REPO
 from tests.faults.agent_node import AgentNode, agent_node, wait_until
-from tests.nft_node import nft_nodes, normalized
+from tests.nft_node import nft_nodes
 from tests.nslib import sh
 
 SOAK = os.environ.get("CALICO_LITE_SOAK", "") not in ("", "0")
@@ -42,25 +42,6 @@ PROBED, CONTROL = 80, 81
 
 
 # --- the node, its pods and what a full sync makes of the datastore ----------------------------
-
-def cni_add(node: AgentNode, pod: str) -> str:
-    """The pod `a/pod` in a namespace of its own, wired through the real shim; its address."""
-    ns = f"{node.prefix}{pod}"
-    sh("ip", "netns", "add", ns)
-    conf = {"cniVersion": "1.0.0", "name": "k8s", "type": "calico-lite",
-            "agent_socket": str(node.root / "cni.sock")}
-    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"ctr-{pod}",
-           "CNI_NETNS": f"/var/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
-           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=a;K8S_POD_NAME={pod}"}
-    p = sh(str(SHIM), input=json.dumps(conf), env=env, check=False, timeout=60)
-    assert p.returncode == 0, (p.stdout, p.stderr)
-    return json.loads(p.stdout)["ips"][0]["address"].split("/")[0]
-
-
-def kernel_table(node: AgentNode) -> dict | None:
-    p = sh("nft", "-j", "list", "table", "inet", "calico-lite", netns=node.netns, check=False)
-    return normalized(p.stdout) if p.returncode == 0 else None
-
 
 def full_sync_table(node: AgentNode) -> dict:
     """Our table as a fresh full load of every record in etcd makes it (in a scratch netns):
@@ -80,7 +61,7 @@ def full_sync_table(node: AgentNode) -> dict:
 
 def converged(node: AgentNode) -> dict:
     want = full_sync_table(node)
-    wait_until(lambda: kernel_table(node) == want, "the agent's table = a fresh full sync", 120)
+    wait_until(lambda: node.kernel_table() == want, "the agent's table = a fresh full sync", 120)
     return want
 
 
@@ -192,7 +173,7 @@ def test_a_burst_of_policy_changes_never_lets_a_denied_flow_through_and_ends_as_
         write_base(node)
         node.start_agent("--policy-resync", "2")   # full resyncs during the burst too
         wait_until(lambda: (node.root / "cni.sock").exists(), "the agent's CNI socket")
-        ips = {pod: cni_add(node, pod) for pod in ("t", "c", "o")}
+        ips = {pod: node.add_pod(pod) for pod in ("t", "c", "o")}
         converged(node)
         probe = Probe(node, ips["t"])
         try:

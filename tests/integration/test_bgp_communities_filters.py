@@ -15,7 +15,6 @@ import json
 from calico_lite import keys
 from calico_lite.lab.frr import FrrRouter
 from tests.faults.agent_node import agent_node, wait_until
-from tests.faults.test_bgp_import_safety import filtered_counter
 
 TOR = "10.99.1.1"
 NODE_BLOCKS = ("10.244.1.0/26", "10.244.2.0/26")
@@ -108,7 +107,7 @@ def run_scenario(node, tor: FrrRouter) -> None:
     assert f"{NODE_BLOCKS[1]:<18} to {TOR}: not announced: export filter edge rule 1" in text, text
     assert (f"{TOR_BLOCKS[1]:<18} via {TOR} from {TOR}: import filter edge rule 1 "
             "(Reject In 10.244.8.0/24 /26-32)") in text, text
-    counts = filtered_counter(node.metrics())
+    counts = node.filtered_counts()
     assert counts[(TOR, "filter:edge")] == 2.0, counts
 
     assert cli("bgp", "filter", "show", "edge").stdout.splitlines() == [

@@ -3,7 +3,7 @@ import ipaddress
 import pytest
 
 from policy.compiler import (
-    EGRESS_MAP, INGRESS_MAP, LOCAL_IFACES, NODE_IPS, POD_IF_ADDR, compile_ruleset, ipblock_networks, policy_id, rule_stem,
+    EGRESS_MAP, INGRESS_MAP, LOCAL_IFACES, NODE_IPS, POD_IF_ADDR, compile_ruleset, ipblock_networks, rule_stem,
 )
 from policy.manifests import parse_manifests
 from policy.model import EGRESS, INGRESS, ContainerPort, IPBlock, Namespace, NetworkPolicyPeer, Pod
@@ -69,7 +69,6 @@ ingress:
 - from: [{namespaceSelector: {matchLabels: {team: beta}}, podSelector: {matchLabels: {app: client}}}]
 - from: [{namespaceSelector: {}}]""")
     rs = compile_ruleset(pol, pods(), NS, [])
-    pid = policy_id(pol[0])
     assert rs.sets[f"{rule_stem(pol[0], INGRESS, 0)}_pods"].elements == {"10.240.1.2"}
     assert rs.sets[f"{rule_stem(pol[0], INGRESS, 1)}_pods"].elements == {"10.240.2.1", "10.240.2.2"}
     assert rs.sets[f"{rule_stem(pol[0], INGRESS, 2)}_pods"].elements == {"10.240.2.2"}
@@ -133,7 +132,6 @@ egress:
   ports: [{port: http}, {port: 443}]
 - ports: [{protocol: UDP, port: dns}]""")
     rs = compile_ruleset(pol, pods(), NS, [])
-    pid = policy_id(pol[0])
     assert rs.sets[f"{rule_stem(pol[0], EGRESS, 0)}_named"].elements == {"10.240.1.1 . tcp . 8080", "10.240.2.1 . tcp . 9000"}
     assert rs.sets[f"{rule_stem(pol[0], EGRESS, 1)}_named"].elements == {"10.240.1.2 . udp . 53"}
     body = rules_text(rs, "egr_calicli")
