@@ -10,10 +10,15 @@
 
 Targets: join < 3 s, clean withdrawal < 0.5 s, silent failure within hold + 1 s.
 
-    .venv/bin/python bench/bgp_convergence.py [--racks 2] [--nodes-per-rack 6] [--keep]
+    .venv/bin/python bench/bgp_convergence.py [--racks 2] [--nodes-per-rack 6] [--rounds 1]
+        [--load N] [--trace] [--keep]
 
-Each node's namespace gets a watcher (this file with --watch) that polls its kernel routes
-through netlink every 2 ms and answers with CLOCK_MONOTONIC, which all namespaces share.
+--rounds repeats clean stop, join and FRR's withdrawal; --load runs N busy loops (`sh -c
+'while :; do :; done'`) while measuring; --trace breaks each withdrawal down hop by hop
+(bench/convergence_trace.py: FRR's debug log, the agent's log, the kernels).
+
+Each node's namespace gets a watcher (this file with --watch) that sleeps on netlink route
+notifications (RTMGRP_IPV4_ROUTE) and answers with CLOCK_MONOTONIC, which all namespaces share.
 """
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import convergence_trace as trace  # noqa: E402
 
 
 # ------------------------------------------------------------------ watcher (in a node netns)
@@ -58,6 +66,7 @@ def watch_main() -> int:
                     time.sleep(0.0005)
         return None
 
+    events = route_events()
     print("ready", flush=True)
     for line in sys.stdin:
         op, arg, timeout = line.split()
@@ -66,14 +75,45 @@ def watch_main() -> int:
         if op == "reach":
             at = reach(arg, float(timeout))
         else:
-            want = op == "present"
-            while time.monotonic() < deadline:
-                if has(arg) == want:
-                    at = time.monotonic()
-                    break
-                time.sleep(0.002)
+            at = wait_route(events, has, arg, op == "present", deadline)
         print(json.dumps(at), flush=True)
     return 0
+
+
+def route_events() -> socket.socket:
+    """A netlink socket subscribed to IPv4 route changes: the watcher sleeps until the kernel
+    says a route moved (polling every 2 ms in 11 processes took a core of the 2 it measured)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind((0, 0x40))   # RTMGRP_IPV4_ROUTE
+    s.setblocking(False)
+    return s
+
+
+def wait_route(events: socket.socket, has, prefix: str, want: bool, deadline: float) -> float | None:
+    """CLOCK_MONOTONIC when the route's presence became `want`: the time the kernel's
+    notification woke us, confirmed by a dump (and a dump every 50 ms, should one be lost)."""
+    import select
+    _drain(events)
+    if has(prefix) == want:
+        return time.monotonic()
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([events], [], [], min(left, 0.05))
+        woke = time.monotonic()
+        _drain(events)
+        if has(prefix) == want:
+            return woke if readable else time.monotonic()
+    return None
+
+
+def _drain(events: socket.socket) -> None:
+    while True:
+        try:
+            events.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:   # ENOBUFS: events were lost; the dump that follows tells the truth
+            continue
 
 
 # ------------------------------------------------------------------ driver
@@ -141,6 +181,9 @@ def main() -> int:
     ap.add_argument("--name", default="tgrbench")
     ap.add_argument("--racks", type=int, default=2)
     ap.add_argument("--nodes-per-rack", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=1, help="clean stop, join and FRR's rounds")
+    ap.add_argument("--load", type=int, default=0, help="busy loops running while measuring")
+    ap.add_argument("--trace", action="store_true", help="break the clean stop down hop by hop")
     ap.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     args = ap.parse_args()
     from calico_lite.lab.lab import Lab
@@ -156,6 +199,7 @@ def main() -> int:
     others = [n for n in plan.nodes if n is not target]
     tor = plan.tors[target.rack - 1]
     watchers: list[Watcher] = []
+    busy: list[subprocess.Popen] = []
     t_up = time.monotonic()
     cli("lab", "up", "--name", args.name, "--racks", str(args.racks),
         "--nodes-per-rack", str(args.nodes_per_rack), "--bgp", "tor")
@@ -174,20 +218,76 @@ def main() -> int:
         # hold time 3 s from the start: changing it later re-establishes every session, and
         # FRR (graceful-restart helper) then keeps a peer in its restart window for a while
         cli("bgp", "config", "set", "--hold-time", "3", "--lab", args.name)
-        _wait_hold(lab, tor.name, target.address, 3)
+        # every node's session, not only the target's: a receiver still re-establishing its
+        # session (graceful restart keeps its paths stale until End-of-RIB) would hold the
+        # withdrawn route ~1 s longer, which the first clean stop measured once under load
+        for n in plan.nodes:
+            _wait_hold(lab, plan.tors[n.rack - 1].name, n.address, 3)
+        time.sleep(2)   # End-of-RIB on the re-established sessions
         assert all(t is not None for t in all_of(watchers, "present", block, 30)), "route missing"
+        busy = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(args.load)]
+        load_before = os.getloadavg()[0]
+        bench = Bench(lab, target, tor, others, watchers, block, pod_ip,
+                      plan if args.trace else None)
+        results: dict[str, list[str]] = {}
+        for r in range(args.rounds):
+            for key, value in bench.round(r).items():
+                results.setdefault(key, []).append(value)
+        for key, value in bench.silent().items():
+            results.setdefault(key, []).append(value)
+        print(f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+              f" ({args.load} busy loops; 2 cores)")
+        width = max(len(k) for k in results)
+        print(f"{'measure':<{width}}  result")
+        for k, v in results.items():
+            print(f"{k:<{width}}  {v[0]}")
+            for more in v[1:]:
+                print(f"{'':<{width}}  {more}")
+        for text in bench.traces:
+            print(text)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+        for w in watchers:
+            w.close()
+        if not args.keep:
+            cli("lab", "down", "--name", args.name)
+    return 0
+
+
+class Bench:
+    """The measurements on one lab: a round is clean stop, join and FRR's own withdrawal."""
+
+    def __init__(self, lab, target, tor, others, watchers, block, pod_ip, trace_plan=None):
+        self.lab, self.target, self.tor, self.others = lab, target, tor, others
+        self.watchers, self.block, self.pod_ip = watchers, block, pod_ip
+        self.trace_plan = trace_plan
+        self.traces: list[str] = []
+        self.ref_tor = "tor1" if tor.name != "tor1" else tor.name
+
+    def round(self, r: int) -> dict[str, str]:
+        lab, target, tor, watchers, block = self.lab, self.target, self.tor, self.watchers, self.block
         results: dict[str, str] = {}
-        # clean stop: agent SIGTERM, then ExaBGP SIGTERM (Cease to the ToR)
+        if r:   # the target is stopped after the previous round: start it and wait for it
+            lab.node_start(target.name)
+            _wait_hold(lab, tor.name, target.address, 3)
+            assert all(t is not None for t in all_of(watchers, "present", block, 30)), "route missing"
+        # clean stop: SIGUSR2, the agent withdraws its routes, then stops ExaBGP
+        routers = self._trace_start()
         for w in watchers:
             w.ask("absent", block, 30)
-        t0 = time.monotonic()
-        lab.node_stop(target.name, "withdraw")   # SIGUSR2: withdraw, then stop ExaBGP
-        results["clean stop: agent SIGUSR2 -> block gone everywhere (target < 0.5 s)"] = spread(
-            t0, [w.answer() for w in watchers])
+        cpu0 = self._cpu()
+        t0, wall0 = time.monotonic(), time.time()
+        lab.node_stop(target.name, "withdraw")
+        gone = [w.answer() for w in watchers]
+        cpu1 = self._cpu()
+        results["clean stop: agent SIGUSR2 -> block gone everywhere (target < 0.5 s)"] = spread(t0, gone)
+        self._trace_stop(routers, "clean stop", wall0, gone, (cpu0, cpu1))
 
         # join: agent start (ExaBGP starts with it) -> the pod answers from every other node
         for w in watchers:
-            w.ask("reach", pod_ip, 30)
+            w.ask("reach", self.pod_ip, 30)
         t0 = time.monotonic()
         lab.node_start(target.name)
         results["join: agent start -> pod reachable from every node (target < 3 s)"] = spread(
@@ -199,45 +299,79 @@ def main() -> int:
         # FRR's own convergence for the same prefix, injected on the target's ToR
         lab.node_stop(target.name, "withdraw")
         all_of(watchers, "absent", block, 30)
+        results.update(self.frr_round())
+        return results
+
+    def frr_round(self) -> dict[str, str]:
+        lab, tor, watchers, block = self.lab, self.tor, self.watchers, self.block
+        results: dict[str, str] = {}
         for w in watchers:
             w.ask("present", block, 30)
         t0 = time.monotonic()
         frr_network(lab, tor.name, tor.asn, block, add=True)
-        t_frr = poll_until(lambda: tor_has(lab, "tor1" if tor.name != "tor1" else tor.name, block))
-        results[f"FRR: `network {block}` on {tor.name} -> in tor1's BGP table"] = spread(t0, [t_frr])
+        t_frr = poll_until(lambda: tor_has(lab, self.ref_tor, block))
+        results[f"FRR: `network {block}` on {tor.name} -> in {self.ref_tor}'s BGP table"] = spread(t0, [t_frr])
         results[f"FRR: `network` on {tor.name} -> route in every node's kernel"] = spread(
             t0, [w.answer() for w in watchers])
+        routers = self._trace_start()
         for w in watchers:
             w.ask("absent", block, 30)
-        t0 = time.monotonic()
+        cpu0 = self._cpu()
+        t0, wall0 = time.monotonic(), time.time()
         frr_network(lab, tor.name, tor.asn, block, add=False)
-        t_frr = poll_until(lambda: not tor_has(lab, "tor1" if tor.name != "tor1" else tor.name, block))
-        results["FRR: `no network` -> gone from tor1's BGP table"] = spread(t0, [t_frr])
-        results["FRR: `no network` -> gone from every node's kernel"] = spread(
-            t0, [w.answer() for w in watchers])
+        gone = [w.answer() for w in watchers]
+        cpu1 = self._cpu()
+        t_frr = poll_until(lambda: not tor_has(lab, self.ref_tor, block))
+        results[f"FRR: `no network` -> gone from {self.ref_tor}'s BGP table"] = spread(t0, [t_frr])
+        results["FRR: `no network` -> gone from every node's kernel"] = spread(t0, gone)
+        self._trace_stop(routers, "FRR `no network`", wall0, gone, (cpu0, cpu1))
+        return results
 
-        # silent failure (hold time 3 s): cut the target's link
+    def silent(self) -> dict[str, str]:
+        """Silent failure (hold time 3 s): the target's link is cut."""
+        lab, target, watchers, block = self.lab, self.target, self.watchers, self.block
         lab.node_start(target.name)
-        _wait_hold(lab, tor.name, target.address, 3)
+        _wait_hold(lab, self.tor.name, target.address, 3)
         assert all(t is not None for t in all_of(watchers, "present", block, 30)), "route missing"
-        assert all(t is not None for t in all_of(watchers, "reach", pod_ip, 30)), "pod unreachable"
+        assert all(t is not None for t in all_of(watchers, "reach", self.pod_ip, 30)), "pod unreachable"
         for w in watchers:
             w.ask("absent", block, 30)
         t0 = time.monotonic()
         subprocess.run(["ip", "-n", target.netns, "link", "set", "eth0", "down"], check=True)
-        results["silent failure (link cut, hold 3 s) -> gone everywhere (target < 4 s)"] = spread(
-            t0, [w.answer() for w in watchers])
+        return {"silent failure (link cut, hold 3 s) -> gone everywhere (target < 4 s)": spread(
+            t0, [w.answer() for w in watchers])}
 
-        width = max(len(k) for k in results)
-        print(f"{'measure':<{width}}  result")
-        for k, v in results.items():
-            print(f"{k:<{width}}  {v}")
-    finally:
-        for w in watchers:
-            w.close()
-        if not args.keep:
-            cli("lab", "down", "--name", args.name)
-    return 0
+    def _trace_start(self) -> list[str]:
+        if self.trace_plan is None:
+            return []
+        routers = [self.tor.name, "spine", *(t.name for t in self.trace_plan.tors if t is not self.tor)]
+        trace.debug_on(self.lab, routers)
+        return routers
+
+    def _cpu(self) -> dict[str, float]:
+        return trace.cpu_by_kind([n.netns for n in self.others]) if self.trace_plan else {}
+
+    def _trace_stop(self, routers: list[str], what: str, wall0: float, gone: list,
+                    cpu: tuple[dict, dict]) -> None:
+        if not routers:
+            return
+        trace.debug_off(self.lab, routers)
+        rows: list[tuple[str, float | None]] = []
+        if what == "clean stop":
+            marks = trace.agent_marks(self.lab.node_paths(self.target.name).agent_log, wall0)
+            rows += [(f"{self.target.name} agent: {k}", marks.get(k)) for k in
+                     ("SIGUSR2 handled", "withdraw sent to exabgp", "exabgp acknowledged")]
+        for r in routers:
+            marks = trace.router_marks(self.lab, r, self.block, wall0)
+            rows += [(f"{r}: {k}", marks.get(k)) for k in ("rcvd", "sent first", "sent last")
+                     if k != "rcvd" or r != self.tor.name or what == "clean stop"]
+        wall = trace.mono_to_wall(gone)
+        same = [t for n, t in zip(self.others, wall) if n.rack == self.target.rack]
+        other = [t for n, t in zip(self.others, wall) if n.rack != self.target.rack]
+        rows += trace.kernel_rows(f"rack {self.target.rack} nodes", same)
+        rows += trace.kernel_rows("other racks' nodes", other)
+        self.traces.append(f"{what}, traced (from the signal / the vtysh command):\n"
+                           + trace.report(wall0, rows) + "\n" + trace.cpu_report(*cpu, len(self.others)))
 
 
 def cli(*args: str) -> str:

@@ -303,12 +303,18 @@ class Speaker:
             self._notify()
 
     def _withdraw_all(self, timeout: float = 1.0) -> None:
-        for commands in (self._state.withdraw_all, self._state.teardown):
+        for step, commands in (("withdraw", self._state.withdraw_all),
+                               ("teardown", self._state.teardown)):
             with self._lock:
                 if not self._relay.connected:
                     return
-                self._relay.send(commands())
+                sent = commands()
+                self._relay.send(sent)
+            t0 = time.monotonic()
             self._relay.wait_acks(timeout)   # ExaBGP acknowledges once it has queued them
+            # (the timestamped line is bench/bgp_convergence.py --trace's first mark)
+            log.info("bgp stop: %s, %d commands acknowledged by exabgp in %.1f ms", step,
+                     len(sent), (time.monotonic() - t0) * 1000)
             time.sleep(0.05)                 # and writes them out right after
 
     def _notify(self) -> None:

@@ -253,6 +253,7 @@ class NodeAgent:
         --on-exit says (SIGTERM keeps them for the next agent: a restart or upgrade)."""
         self.routing.on_exit = "stop"
         self.stop_event.set()
+        log.info(json.dumps({"event": "agent-leaving", "node": self.cfg.node}))
 
     def run_forever(self) -> None:
         trace_memory(os.environ.get("CALICO_LITE_TRACEMALLOC", ""))

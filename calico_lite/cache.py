@@ -72,13 +72,21 @@ class Cache:
                    default=0)
 
     def wait_change(self, seen_generation: int, timeout: float,
-                    prefixes: tuple[str, ...] | None = None) -> int:
+                    prefixes: tuple[str, ...] | None = None,
+                    until: Callable[[], bool] | None = None) -> int:
         """Block until the generation (of prefixes, if given) moves past seen_generation, or
-        timeout; return it."""
+        `until()` is true (checked again at each nudge()), or timeout; return the generation."""
         current = (lambda: self.generation_of(prefixes)) if prefixes else (lambda: self._generation)
         with self._cond:
-            self._cond.wait_for(lambda: current() != seen_generation, timeout=timeout)
+            self._cond.wait_for(lambda: current() != seen_generation or (until is not None and until()),
+                                timeout=timeout)
             return current()
+
+    def nudge(self) -> None:
+        """Make every wait_change() check its `until` now: an input from outside the cache
+        (BGP) changed. Unlike wake(), no generation moves, so other loops go back to sleep."""
+        with self._cond:
+            self._cond.notify_all()
 
     def wake(self) -> None:
         """Wake every wait_change() now (the agent is stopping: loops must see it at once)."""

@@ -169,7 +169,7 @@ class RoutingController:
                             local_as=settings.local_as, listen=settings.listen,
                             peers=[PeerConfig(address=a, peer_as=asn, hold_time=settings.hold_time)
                                    for a, asn in settings.peers])
-        self.speaker = Speaker(cfg, workdir=workdir, on_change=self._wake.set)
+        self.speaker = Speaker(cfg, workdir=workdir, on_change=self._bgp_changed)
         self.bgp_problems: list[str] = []
         self.on_exit = settings.on_exit   # the agent switches it to "stop" on SIGUSR2
         self.applier = RouteApplier()
@@ -188,6 +188,13 @@ class RoutingController:
         self.filter_report = FilterReport()   # the agent hands it the metrics' counter
         self._max_prefixes = (tuple(self.speaker.cfg.peers), DEFAULT_MAX_PREFIXES)
         self._exports: dict = {}   # communities and filters per peer, for node status
+
+    def _bgp_changed(self) -> None:
+        """The speaker's callback (learned paths or peer states moved): wake the loop now.
+        Setting _wake alone left it asleep in the cache's wait until its 0.2 s tick, which
+        every received withdrawal waited for (bench/bgp_convergence.py)."""
+        self._wake.set()
+        self.cache.nudge()
 
     def bgp_config(self) -> tuple[SpeakerConfig, list[str]]:
         """This node's SpeakerConfig from the datastore's BGP records (bgpconfig), the
@@ -330,7 +337,7 @@ class RoutingController:
                 # wake on a BGP change (speaker callback), a datastore change, or the resync
                 deadline = time.monotonic() + RESYNC_SECONDS
                 while not stop.is_set() and not self._wake.is_set():
-                    if (self.cache.wait_change(gen, 0.2, INPUTS) != gen
+                    if (self.cache.wait_change(gen, 0.2, INPUTS, until=self._wake.is_set) != gen
                             or time.monotonic() > deadline):
                         break
         finally:
