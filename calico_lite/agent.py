@@ -9,20 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from pyroute2 import IPRoute
 
 from bgp.encap import OVERHEAD
 from bgp.process import Backoff
-from calico_lite import keys
+from calico_lite import keys, memstats
 from calico_lite.agent_health import PROBE_TIMEOUT, agent_checks, instrument
 from calico_lite.blocks import Pool
 from calico_lite.cache import Cache
@@ -44,7 +41,6 @@ from plugin.server import CniServer
 from plugin.spec import Request
 
 log = logging.getLogger("calico-lite.agent")
-NETLINK_POOL = 4
 
 
 @dataclass
@@ -63,27 +59,6 @@ class AgentConfig:
     liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
     etcd_tls: EtcdTls | None = None   # client TLS files for every Datastore the agent makes
     policy_resync: float = POLICY_RESYNC   # s between full policy syncs (and table checks)
-
-
-class NetlinkPool:
-    """A few warm netlink sockets in the node namespace; one per concurrent CNI call."""
-
-    def __init__(self, size: int):
-        self._q: queue.Queue[IPRoute] = queue.Queue()
-        for _ in range(size):
-            self._q.put(IPRoute())
-
-    @contextmanager
-    def take(self) -> Iterator[IPRoute]:
-        ipr = self._q.get()
-        try:
-            yield ipr
-        finally:
-            self._q.put(ipr)
-
-    def close(self) -> None:
-        while not self._q.empty():
-            self._q.get().close()
 
 
 def pool_overhead(pools: dict[str, dict]) -> int:
@@ -128,7 +103,6 @@ class NodeAgent:
             self.cache, cfg.node, [cfg.address], publish=self.publish_policy_status,
             resync_seconds=cfg.policy_resync)
         self.policy_status: dict | None = None   # the last sync's outcome (readiness)
-        self.netlink: NetlinkPool | None = None
         self.server: CniServer | None = None
         self.threads: list[threading.Thread] = []
         self.tunnel_fields: dict = {}
@@ -177,10 +151,14 @@ class NodeAgent:
         return [Pool.from_dict(v) for v in cached.values()] or list_pools(self.ds)
 
     def handle_cni(self, req: Request) -> dict | None:
-        assert self.netlink
-        if req.command not in cni.USES_IPROUTE:  # no wait for a pooled socket
+        """One call, on the CNI server's thread for it. A verb that uses pyroute2 (CHECK) gets
+        an IPRoute opened and closed on this thread: pyroute2 keeps an event loop and a socket
+        per thread that uses an IPRoute, released only by a close() on that thread, so a
+        shared, long-lived one used from each call's new thread kept a socket and ~7 KiB for
+        every call until the agent ran out of descriptors."""
+        if req.command not in cni.USES_IPROUTE:
             return cni.run(req, cni.Context(self.backend, None))
-        with self.netlink.take() as ipr:
+        with IPRoute() as ipr:
             return cni.run(req, cni.Context(self.backend, ipr))
 
     def start(self) -> None:
@@ -201,7 +179,6 @@ class NodeAgent:
         self.cache.start()
         self.cache.synced.wait(10)
         write_sysctl("net/ipv4/ip_forward", "1")
-        self.netlink = NetlinkPool(NETLINK_POOL)
         self.server = CniServer(self.cfg.cni_socket, self.handle_cni,
                                 observe=self.metrics.cni_call,
                                 beat=lambda: self.beats.beat("cni-server"))
@@ -243,8 +220,6 @@ class NodeAgent:
         for t in self.threads:
             t.join(timeout=10)
         self.cache.stop()
-        if self.netlink:
-            self.netlink.close()
         if self.health:
             self.health.close()
 
@@ -256,7 +231,7 @@ class NodeAgent:
         log.info(json.dumps({"event": "agent-leaving", "node": self.cfg.node}))
 
     def run_forever(self) -> None:
-        trace_memory(os.environ.get("CALICO_LITE_TRACEMALLOC", ""))
+        memstats.install(os.environ.get("CALICO_LITE_TRACEMALLOC", ""))
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGUSR2, lambda *_: self.leave())
@@ -264,33 +239,3 @@ class NodeAgent:
         self.stop_event.wait()
         self.stop()
 
-
-def trace_memory(folder: str) -> None:
-    """A debugging aid (bench/agent_memory.py): with CALICO_LITE_TRACEMALLOC=FOLDER the agent
-    traces its allocations, and each SIGUSR1 writes a tracemalloc snapshot FOLDER/snap-N and,
-    in FOLDER/snap-N.json, the RSS before and after glibc's malloc_trim (memory the allocator
-    holds free but has not given back)."""
-    if not folder:
-        return
-    import ctypes
-    import tracemalloc
-    tracemalloc.start(30)
-    taken = [0]
-
-    def status(field: str) -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-    def dump(*_) -> None:
-        taken[0] += 1
-        path = os.path.join(folder, f"snap-{taken[0]}")
-        tracemalloc.take_snapshot().dump(path + ".tmp")
-        before = status("VmRSS")
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/maps") as f:
-            mappings = sum(1 for _ in f)
-        with open(path + ".json", "w") as f:
-            json.dump({"rss_kib": before, "rss_after_trim_kib": status("VmRSS"), "threads": status("Threads"),
-                       "mappings": mappings, "anon_kib": status("RssAnon")}, f)
-        os.replace(path + ".tmp", path)
-    signal.signal(signal.SIGUSR1, dump)

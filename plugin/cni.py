@@ -60,7 +60,7 @@ class Backend(Protocol):
 @dataclass
 class Context:
     backend: Backend
-    ipr: IPRoute | None  # pyroute2 in the node's namespace, kept open by the agent (CHECK)
+    ipr: IPRoute | None  # pyroute2 in the node's namespace, opened on the call's thread (CHECK)
     log: list[str] = field(default_factory=list)
     spans: dict[str, float] = field(default_factory=dict)  # step -> ms, logged with the call
 
@@ -76,7 +76,7 @@ class Context:
 
 
 # the verbs that use Context.ipr (pyroute2); ADD, DEL and GC open plugin.rtnl sockets of their
-# own, so the agent gives them no pooled socket and they never wait for one
+# own, so the agent opens an IPRoute only for the verbs named here
 USES_IPROUTE = ("CHECK",)
 _BACKGROUND = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cni-bg")  # node netns
 

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.conftest import lab_cli
-from tests.e2e.labutil import lab_name, run_dir, running_lab, status
+from tests.e2e.labutil import agent_pid, lab_name, run_dir, running_lab, status
 from tests.nslib import remove_netns_with_prefix
 
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -125,6 +125,24 @@ def test_check_detects_a_missing_route_and_disable_check_is_honoured(rt):
         {"address": "10.244.255.1/32", "gateway": "169.254.1.1", "interface": 1}]}})
     assert code != 0 and "10.244.255.1" in err["msg"]
     assert rt.call("DEL", c, ns)[0] == 0
+
+
+def test_checks_leave_no_descriptor_behind_in_the_agent(rt):
+    """Each call runs on a new thread of the agent; pyroute2 keeps a socket per thread that
+    uses an IPRoute, so a long-lived one shared by the calls kept a socket for every CHECK."""
+    c, ns = cid(), rt.netns()
+    code, res = rt.call("ADD", c, ns)
+    assert code == 0, res
+    pid = agent_pid(rt.lab, status(rt.lab)["nodes"][0]["name"])
+    assert pid, "the agent's PID"
+    before = len(os.listdir(f"/proc/{pid}/fd"))
+    checks = 40
+    for _ in range(checks):
+        code, out = rt.call("CHECK", c, ns, extra={"prevResult": res})
+        assert code == 0, out
+    after = len(os.listdir(f"/proc/{pid}/fd"))
+    assert rt.call("DEL", c, ns)[0] == 0
+    assert after - before < checks // 2, f"{after - before} more descriptors after {checks} CHECKs"
 
 
 def test_del_is_idempotent_in_every_shape(rt):
