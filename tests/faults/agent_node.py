@@ -160,6 +160,17 @@ class AgentNode:
         assert "error" not in out, out
         return out["ok"]
 
+    def put_pod_records(self) -> None:
+        """Namespace a, pod a/pod1 (app=x) and its workload record on this node (cali1,
+        10.244.0.5): a local pod for policy tests that need no real interface."""
+        from calico_lite import keys
+        self.ds("put", key=keys.k8s_namespace("a"), value={"name": "a", "labels": {}})
+        self.ds("put", key=keys.k8s_pod("a", "pod1"),
+                value={"namespace": "a", "name": "pod1", "labels": {"app": "x"}, "ports": []})
+        self.ds("put", key=keys.workload(self.name, "h1"),
+                value={"namespace": "a", "pod": "pod1", "ip": "10.244.0.5", "node": self.name,
+                       "host_ifname": "cali1"})
+
     def put_raw(self, key: str, raw: bytes) -> None:
         """A value that is not JSON (or not what the key should hold), as a broken writer
         would leave it: etcdctl puts the bytes as they are."""

@@ -67,12 +67,7 @@ INVALID = [
 
 def test_invalid_manifests_are_refused_naming_the_field_and_the_rules_are_untouched():
     with agent_node("pb") as node:
-        node.ds("put", key=keys.k8s_namespace("a"), value={"name": "a", "labels": {}})
-        node.ds("put", key=keys.k8s_pod("a", "pod1"),
-                value={"namespace": "a", "name": "pod1", "labels": {"app": "x"}, "ports": []})
-        node.ds("put", key=keys.workload(node.name, "h1"),
-                value={"namespace": "a", "pod": "pod1", "ip": "10.244.0.5", "node": node.name,
-                       "host_ifname": "cali1"})
+        node.put_pod_records()
         good = node.root / "good.yaml"
         good.write_text(yaml.safe_dump(doc({"podSelector": {"matchLabels": {"app": "x"}},
                                             "ingress": [{"ports": [{"port": 80}]}]}, name="web")))

@@ -33,12 +33,7 @@ def restored(node) -> int:
 
 def test_our_table_is_restored_after_others_flush_or_delete_it_and_theirs_is_left_alone():
     with agent_node("bs") as node:
-        node.ds("put", key=keys.k8s_namespace("a"), value={"name": "a", "labels": {}})
-        node.ds("put", key=keys.k8s_pod("a", "pod1"),
-                value={"namespace": "a", "name": "pod1", "labels": {"app": "x"}, "ports": []})
-        node.ds("put", key=keys.workload(node.name, "h1"),
-                value={"namespace": "a", "pod": "pod1", "ip": "10.244.0.5", "node": node.name,
-                       "host_ifname": "cali1"})
+        node.put_pod_records()
         node.ds("put", key=keys.k8s_policy("a", "deny"), value=policy_to_dict(
             NetworkPolicy("a", "deny", LabelSelector.of({"app": "x"}), ("Ingress",), ())))
         node.start_agent("--policy-resync", "2")
