@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from calico_lite import keys
 from tests.conftest import CLI, REPO, SHIM
 from tests.nft_node import normalized
 from tests.nslib import attach_to_segment, remove_netns_with_prefix, sh, unique_prefix, wait_for
@@ -163,7 +164,6 @@ class AgentNode:
     def put_pod_records(self) -> None:
         """Namespace a, pod a/pod1 (app=x) and its workload record on this node (cali1,
         10.244.0.5): a local pod for policy tests that need no real interface."""
-        from calico_lite import keys
         self.ds("put", key=keys.k8s_namespace("a"), value={"name": "a", "labels": {}})
         self.ds("put", key=keys.k8s_pod("a", "pod1"),
                 value={"namespace": "a", "name": "pod1", "labels": {"app": "x"}, "ports": []})
